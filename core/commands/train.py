@@ -1,0 +1,106 @@
+"""``dopamine train`` and ``dopamine evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from core.commands.progress import progress_bar
+
+
+def register(subparsers) -> None:
+    train = subparsers.add_parser("train", help="train a model on this hospital's images (modes C, CDP)")
+    train.add_argument("data", type=Path, help="image folder (one sub-folder per class), APTOS CSV, or DICOM folder")
+    train.add_argument("--labels-csv", type=Path, help="CSV with id_code,diagnosis when not beside the images")
+    train.add_argument("--mode", choices=["c", "cdp"], default="cdp", help="c: plain SGD; cdp: DP-SGD (default)")
+    train.add_argument("--model", default="squeezenet1_1", help="squeezenet1_1 | resnet18_gn | small_cnn")
+    train.add_argument("--epochs", type=int, default=10)
+    train.add_argument("--batch-size", type=int, default=32, help="expected batch size B (q = B/N)")
+    train.add_argument("--lr", type=float, default=0.05)
+    train.add_argument("--momentum", type=float, default=0.9)
+    train.add_argument("--lr-schedule", choices=["constant", "cosine"], default="cosine")
+    noise = train.add_mutually_exclusive_group()
+    noise.add_argument("--noise-multiplier", type=float, help="sigma")
+    noise.add_argument("--target-epsilon", type=float, help="calibrate sigma so epsilon stays at or below this")
+    train.add_argument("--max-grad-norm", type=float, default=1.0, help="per-example clipping norm C")
+    train.add_argument("--delta", type=float, help="delta (default: 1e-5, or 1/(10N) for small N)")
+    train.add_argument("--accountant", choices=["rdp", "prv"], default="rdp")
+    train.add_argument("--image-size", type=int, default=224)
+    train.add_argument("--val-fraction", type=float, default=0.2)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, help="CPU threads (default: all)")
+    train.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+    train.add_argument("--initial-weights", type=Path, help="safetensors file to start from")
+    train.add_argument("--out", type=Path, required=True, help="where to write the signed model (.dpm)")
+    train.add_argument("--ledger", type=Path, help="privacy ledger (default: the hospital's ledger)")
+    train.add_argument("--max-epsilon", type=float, help="the hospital's privacy cap (set on the ledger)")
+    train.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    train.set_defaults(func=_train)
+
+    evaluate = subparsers.add_parser("evaluate", help="measure a model package on labelled images")
+    evaluate.add_argument("model", type=Path)
+    evaluate.add_argument("data", type=Path)
+    evaluate.add_argument("--labels-csv", type=Path)
+    evaluate.add_argument("--allow-unverified", action="store_true",
+                          help="evaluate even if the signature does not verify (results marked unverified)")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(func=_evaluate)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from core.training.config import TrainConfig
+    from core.training.trainer import run
+
+    config = TrainConfig(
+        data=args.data, out=args.out, mode=args.mode, model=args.model, labels_csv=args.labels_csv,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+        lr_schedule=args.lr_schedule, noise_multiplier=args.noise_multiplier,
+        target_epsilon=args.target_epsilon, max_grad_norm=args.max_grad_norm, delta=args.delta,
+        accountant=args.accountant, image_size=args.image_size, val_fraction=args.val_fraction,
+        seed=args.seed, ledger=args.ledger, max_epsilon=args.max_epsilon, threads=args.threads,
+        device=args.device, initial_weights=args.initial_weights,
+    )
+    if args.mode == "cdp" and args.noise_multiplier is None and args.target_epsilon is None:
+        config.target_epsilon = 8.0
+    with progress_bar("Training", enabled=not args.json) as progress:
+        result = run(config, progress=progress)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    m = result.metrics
+    print(f"Trained {args.model} (mode {result.mode.upper()}) on {result.train_images} images, "
+          f"{result.steps} steps, in {result.seconds:.0f} s")
+    if result.epsilon is not None:
+        print(f"Privacy: epsilon = {result.epsilon:.3f} at delta = {result.delta:.2g} ({result.accountant.upper()}; "
+              f"sigma = {result.noise_multiplier:.3f}, q = {result.sample_rate:.4f}, C = {result.max_grad_norm})")
+        print(f"Hospital ledger: {result.ledger_spent:.3f} spent in total ({result.ledger_path})")
+    else:
+        print("Privacy: none (mode C trains without differential privacy)")
+    print(f"Validation ({result.val_images} images): accuracy {m['accuracy']:.3f} "
+          f"(majority class {result.majority_baseline:.3f}), quadratic kappa {m['kappa']:.3f}")
+    print(f"Model: {result.model_path}")
+    print(f"Log:   {result.log_path}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from core.training.evaluate import EvaluateConfig, run
+
+    config = EvaluateConfig(model=args.model, data=args.data, labels_csv=args.labels_csv,
+                            allow_unverified=args.allow_unverified)
+    with progress_bar("Evaluating", enabled=not args.json) as progress:
+        result = run(config, progress=progress)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    m = result["metrics"]
+    print(f"Model {result['model_path']} (signature {'verified' if result['signature_verified'] else 'NOT VERIFIED'})")
+    print(f"{result['images']} images: accuracy {m['accuracy']:.3f} (majority class "
+          f"{result['majority_baseline']:.3f}), quadratic kappa {m['kappa']:.3f}")
+    recall = ", ".join(f"{c}: {'-' if r is None else f'{r:.2f}'}" for c, r in zip(result["classes"], m["per_class_recall"], strict=True))
+    print(f"Recall per class: {recall}")
+    print("Confusion matrix (rows true, columns predicted):")
+    for row in m["confusion_matrix"]:
+        print("  " + " ".join(f"{v:5d}" for v in row))
+    return 0

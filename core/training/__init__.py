@@ -1,0 +1,1 @@
+"""Local training (modes C and CDP), the shared training loop and evaluation metrics."""

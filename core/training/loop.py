@@ -1,0 +1,180 @@
+"""The training loop shared by local training (modes C, CDP) and federated local work (F, FPDP).
+
+Images arrive as preprocessed uint8 tensors (core.data.cache.load_tensors) and are normalised per
+batch with the same function inference uses, so epochs after the first are bound by compute.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from core.data.preprocess import Preprocessing, normalize
+from core.jobs import NEVER_CANCELLED, CancelToken
+from core.training.metrics import compute_metrics
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    """DP-SGD with Poisson sampling at rate q = batch_size / N, per-example clipping and noise sigma*C."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+
+
+@dataclass
+class LocalTrainStats:
+    steps: int
+    sample_rate: float
+    mean_loss: float
+    losses: list[float] = field(default_factory=list)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Batches per epoch; with Poisson sampling the sample rate is 1 / steps_per_epoch (as in Opacus)."""
+    return max(1, math.ceil(num_examples / batch_size))
+
+
+def sample_rate_for(num_examples: int, batch_size: int) -> float:
+    return 1.0 / steps_per_epoch(num_examples, batch_size)
+
+
+def _learning_rate(base_lr: float, schedule: str, step: int, total_steps: int) -> float:
+    if schedule == "cosine":
+        return 0.5 * base_lr * (1.0 + math.cos(math.pi * step / max(1, total_steps)))
+    return base_lr
+
+
+def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips: fundus photographs of left and right eyes are mirror images."""
+    flip = torch.rand(images.shape[0], generator=generator) < 0.5
+    if flip.any():
+        images = images.clone()
+        images[flip] = images[flip].flip(-1)
+    return images
+
+
+def train_local(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    spec: Preprocessing,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float = 0.9,
+    lr_schedule: str = "constant",
+    dp: DPSettings | None = None,
+    seed: int | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+    before_epoch: Callable[[int], None] | None = None,
+    after_epoch: Callable[[int, float], None] | None = None,
+    cancel: CancelToken = NEVER_CANCELLED,
+    device: torch.device | str = "cpu",
+) -> LocalTrainStats:
+    """Train ``model`` in place for ``epochs`` epochs; with ``dp``, DP-SGD through Opacus.
+
+    ``before_epoch(epoch)`` runs before an epoch's first step (the place to charge a privacy ledger),
+    ``after_epoch(epoch, mean_loss)`` after its last (the place to evaluate; the model is put back in
+    training mode afterwards), ``on_step(step, loss)`` after every optimizer step. ``cancel`` is checked
+    every batch. Epochs count from 1.
+    """
+    if images.shape[0] == 0:
+        raise ValueError("train_local needs at least one image")
+    if lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"unknown learning-rate schedule {lr_schedule!r}")
+    seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little")
+    generator = torch.Generator().manual_seed(seed)
+    model.to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    loader = DataLoader(
+        TensorDataset(images, labels), batch_size=batch_size, shuffle=True, generator=generator
+    )
+    per_epoch = len(loader)
+    total_steps = per_epoch * epochs
+    sample_rate = 1.0 / per_epoch
+    wrapped = None
+    if dp is not None:
+        from core.privacy.dpsgd import make_private
+
+        wrapped, optimizer, loader = make_private(
+            model, optimizer, loader,
+            noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm, poisson_sampling=True,
+        )
+    forward = wrapped if wrapped is not None else model
+    criterion = nn.CrossEntropyLoss()
+    losses: list[float] = []
+    step = 0
+    try:
+        for epoch in range(1, epochs + 1):
+            if before_epoch is not None:
+                before_epoch(epoch)
+            epoch_losses_start = len(losses)
+            for batch_images, batch_labels in loader:
+                cancel.check()
+                for group in optimizer.param_groups:
+                    group["lr"] = _learning_rate(lr, lr_schedule, step, total_steps)
+                step += 1
+                if batch_images.shape[0] == 0:
+                    # Poisson sampling drew nobody (probability (1-q)^N). The accountant has counted the
+                    # step already, so skipping it can only over-count privacy, never under-count.
+                    continue
+                x = normalize(_augment(batch_images, generator), spec).to(device)
+                y = batch_labels.to(device)
+                optimizer.zero_grad(set_to_none=True)
+                loss = criterion(forward(x), y)
+                loss.backward()
+                optimizer.step()
+                losses.append(float(loss.detach()))
+                if on_step is not None:
+                    on_step(step, losses[-1])
+            if after_epoch is not None:
+                epoch_losses = losses[epoch_losses_start:]
+                after_epoch(epoch, sum(epoch_losses) / len(epoch_losses) if epoch_losses else float("nan"))
+                model.train()
+    finally:
+        if wrapped is not None:
+            wrapped._close()  # remove Opacus hooks; `model` keeps the trained weights
+        model.eval()
+    mean_loss = float(sum(losses) / len(losses)) if losses else float("nan")
+    return LocalTrainStats(steps=step, sample_rate=sample_rate, mean_loss=mean_loss, losses=losses)
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    spec: Preprocessing,
+    *,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    model.to(device).eval()
+    outputs = [
+        model(normalize(images[i : i + batch_size], spec).to(device)).float().cpu()
+        for i in range(0, images.shape[0], batch_size)
+    ]
+    return torch.cat(outputs) if outputs else torch.empty(0, 0)
+
+
+def evaluate_model(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    spec: Preprocessing,
+    *,
+    num_classes: int,
+    device: torch.device | str = "cpu",
+) -> dict:
+    logits = predict_logits(model, images, spec, device=device)
+    loss = float(nn.functional.cross_entropy(logits, labels)) if len(labels) else float("nan")
+    metrics = compute_metrics(labels.tolist(), logits.argmax(dim=1).tolist(), num_classes)
+    metrics["loss"] = loss
+    return metrics

@@ -1,0 +1,253 @@
+"""Local training job, modes C (plain SGD) and CDP (DP-SGD): ``run(config, *, progress, cancel)``.
+
+Order matters for privacy: the whole run's cost is checked against the hospital's cap before any
+step, and each epoch is charged to the ledger (durably) before that epoch runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from core import __version__
+from core.errors import ConfigError, DataError
+from core.jobs import NEVER_CANCELLED, CancelToken, ProgressFn, no_progress
+from core.training.config import TrainConfig
+
+log = logging.getLogger("dopamine.training")
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    epochs: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    val_kappa: float
+    epsilon: float | None
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    mode: str
+    model_path: str
+    model_sha256: str
+    epsilon: float | None
+    delta: float | None
+    sample_rate: float
+    noise_multiplier: float | None
+    max_grad_norm: float | None
+    steps: int
+    accountant: str | None
+    metrics: dict
+    train_images: int
+    val_images: int
+    majority_baseline: float
+    ledger_path: str | None
+    ledger_spent: float | None
+    log_path: str
+    seconds: float
+    history: list[EpochStats] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def default_delta(num_examples: int) -> float:
+    """1e-5 when that is well below 1/N, else 1/(10 N)."""
+    return 1e-5 if 1e-5 < 0.1 / num_examples else 0.1 / num_examples
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("CUDA was chosen but no CUDA GPU is available; choose 'cpu' or 'auto'.")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _open_run_log(run_dir: Path) -> logging.Handler:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+def run(
+    config: TrainConfig,
+    *,
+    progress: ProgressFn = no_progress,
+    cancel: CancelToken = NEVER_CANCELLED,
+    on_epoch: Callable[[EpochStats], None] | None = None,
+) -> TrainResult:
+    config.validate()
+    from core.paths import data_dir
+
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    run_dir = data_dir() / "runs" / f"{run_id}-{config.mode}"
+    handler = _open_run_log(run_dir)
+    try:
+        log.info("run %s config %s", run_id, config)
+        result = _run(config, run_id, run_dir, progress, cancel, on_epoch)
+        log.info("finished: %s", {k: v for k, v in result.to_dict().items() if k != "history"})
+        return result
+    except Exception as exc:
+        log.error("failed: %s", exc)
+        raise
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _run(config, run_id, run_dir, progress, cancel, on_epoch) -> TrainResult:
+    import torch
+
+    from core.data import Preprocessing, load_tensors, stratified_split, validate
+    from core.models.package import ModelCard, write_package
+    from core.models.registry import build_model
+    from core.privacy.accountant import calibrate_noise_multiplier, check_delta, compute_epsilon
+    from core.privacy.ledger import PrivacyLedger
+    from core.signing import load_or_create_private_key
+    from core.training.loop import DPSettings, evaluate_model, steps_per_epoch, train_local
+    from core.training.metrics import majority_baseline
+
+    started = time.monotonic()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+
+    progress(0.0, "Checking the images")
+    report = validate(config.data, labels_csv=config.labels_csv, min_size=config.image_size,
+                      progress=lambda f, m: progress(0.05 * f, m), cancel=cancel)
+    samples = [s for s in report.usable_samples if s.label is not None]
+    classes = report.classes
+    if len(samples) < 2 * len(classes) or len({s.label for s in samples}) < 2:
+        raise DataError(
+            f"{config.data}: only {len(samples)} usable labelled images in {len({s.label for s in samples})} "
+            "classes; training needs at least two classes with two images each."
+        )
+    labels = [s.label for s in samples]
+    train_idx, val_idx = stratified_split(labels, config.val_fraction, config.seed)
+    train_samples = [samples[i] for i in train_idx]
+    val_samples = [samples[i] for i in val_idx]
+    num_train = len(train_samples)
+    log.info("%d usable images (%d train, %d validation); %d problems",
+             len(samples), num_train, len(val_samples), len(report.problems))
+
+    spec = Preprocessing(size=config.image_size)
+    progress(0.05, "Preparing images (decoded once, then cached)")
+    x_train, y_train = load_tensors(train_samples, spec, progress=lambda f, m: progress(0.05 + 0.07 * f, m),
+                                    cancel=cancel)
+    x_val, y_val = load_tensors(val_samples, spec, progress=lambda f, m: progress(0.12 + 0.03 * f, m),
+                                cancel=cancel)
+
+    per_epoch = steps_per_epoch(num_train, config.batch_size)
+    sample_rate = 1.0 / per_epoch
+    total_steps = per_epoch * config.epochs
+    dp = None
+    delta = epsilon = None
+    ledger = None
+    noise_multiplier = config.noise_multiplier
+    if config.mode == "cdp":
+        delta = config.delta if config.delta is not None else default_delta(num_train)
+        check_delta(delta, num_train)
+        if config.target_epsilon is not None:
+            progress(0.15, "Calibrating the noise to the target epsilon")
+            noise_multiplier = calibrate_noise_multiplier(
+                target_epsilon=config.target_epsilon, sample_rate=sample_rate, steps=total_steps,
+                delta=delta, accountant=config.accountant)
+        epsilon = compute_epsilon(sample_rate=sample_rate, noise_multiplier=noise_multiplier,
+                                  steps=total_steps, delta=delta, accountant=config.accountant)
+        dp = DPSettings(noise_multiplier=noise_multiplier, max_grad_norm=config.max_grad_norm)
+        from core.paths import default_ledger_path
+
+        ledger = PrivacyLedger(config.ledger or default_ledger_path(), max_epsilon=config.max_epsilon,
+                               delta=delta, accountant=config.accountant)
+        # Refuse before any step when the whole run would pass the cap.
+        if ledger.max_epsilon is not None:
+            after = ledger.epsilon_if(noise_multiplier, sample_rate, total_steps)
+            if after > ledger.max_epsilon:
+                from core.errors import PrivacyBudgetExceeded
+
+                raise PrivacyBudgetExceeded(
+                    f"This run would bring the hospital's epsilon from {ledger.spent():.3g} to {after:.3g}, "
+                    f"above its cap of {ledger.max_epsilon:.3g}; train fewer epochs, add noise or raise the cap."
+                )
+        log.info("DP-SGD: q=%.5f sigma=%.4f C=%.3f steps=%d delta=%.3g epsilon=%.4f (%s)",
+                 sample_rate, noise_multiplier, config.max_grad_norm, total_steps, delta, epsilon,
+                 config.accountant)
+
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, num_classes=len(classes), weights=config.initial_weights)
+    history: list[EpochStats] = []
+    epoch_started = time.monotonic()
+
+    def on_step(step: int, loss: float) -> None:
+        progress(0.15 + 0.8 * step / total_steps, f"epoch {len(history) + 1}/{config.epochs}, loss {loss:.3f}")
+
+    def before_epoch(epoch: int) -> None:
+        nonlocal epoch_started
+        epoch_started = time.monotonic()
+        if ledger is not None:
+            ledger.charge(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=per_epoch,
+                          description=f"local DP-SGD run {run_id}, epoch {epoch}/{config.epochs}",
+                          key=f"local:{run_id}:epoch:{epoch}")
+
+    def after_epoch(epoch: int, train_loss: float) -> None:
+        val = evaluate_model(model, x_val, y_val, spec, num_classes=len(classes), device=device)
+        spent = None
+        if dp is not None:
+            spent = compute_epsilon(sample_rate=sample_rate, noise_multiplier=noise_multiplier,
+                                    steps=epoch * per_epoch, delta=delta, accountant=config.accountant)
+        stats = EpochStats(epoch, config.epochs, train_loss, val["loss"], val["accuracy"], val["kappa"],
+                           spent, time.monotonic() - epoch_started)
+        history.append(stats)
+        log.info("epoch %s", stats)
+        if on_epoch is not None:
+            on_epoch(stats)
+
+    train_local(
+        model, x_train, y_train, spec, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+        momentum=config.momentum, lr_schedule=config.lr_schedule, dp=dp, seed=config.seed,
+        on_step=on_step, before_epoch=before_epoch, after_epoch=after_epoch, cancel=cancel, device=device,
+    )
+
+    progress(0.96, "Evaluating and signing the model")
+    metrics = evaluate_model(model, x_val, y_val, spec, num_classes=len(classes), device=device)
+    card = ModelCard(
+        architecture=config.model, classes=list(classes), preprocessing=spec.to_dict(), mode=config.mode,
+        epsilon=epsilon, delta=delta, accountant=config.accountant if dp else None,
+        noise_multiplier=noise_multiplier if dp else None, sample_rate=sample_rate,
+        max_grad_norm=config.max_grad_norm if dp else None, steps=total_steps, rounds=None, hospitals=1,
+        image_counts={"local": num_train}, metrics={"validation": metrics},
+        created=datetime.now(UTC).isoformat(timespec="seconds"), software_version=__version__,
+        description=config.description or f"Local {config.mode.upper()} training on {Path(config.data).name}",
+    )
+    from core.paths import data_dir
+
+    key = load_or_create_private_key(data_dir() / "identity" / "hospital_ed25519.pem")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    sha256 = write_package(Path(config.out), state, card, key)
+    progress(1.0, "Done")
+    return TrainResult(
+        mode=config.mode, model_path=str(Path(config.out).resolve()), model_sha256=sha256,
+        epsilon=epsilon, delta=delta, sample_rate=sample_rate,
+        noise_multiplier=noise_multiplier if dp else None,
+        max_grad_norm=config.max_grad_norm if dp else None, steps=total_steps,
+        accountant=config.accountant if dp else None, metrics=metrics, train_images=num_train,
+        val_images=len(val_samples), majority_baseline=majority_baseline(y_val.tolist()),
+        ledger_path=str(ledger.path) if ledger is not None else None,
+        ledger_spent=ledger.spent() if ledger is not None else None,
+        log_path=str(run_dir / "train.log"), seconds=time.monotonic() - started, history=history,
+    )
