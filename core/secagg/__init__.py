@@ -10,28 +10,30 @@ Public API (everything below is importable from ``core.secagg``)
 Round parameters (the coordinator chooses them and sends them to every hospital; both sides
 construct their state machine from the same value)::
 
-    FixedPoint(bits: int = 32, scale: float, bound: float)          # frozen dataclass
+    FixedPoint(scale: float, bound: float, bits: int = 32)          # frozen dataclass
+        .max_hospitals() -> int (the most vectors whose sum cannot wrap); .dtype
         .to_dict() -> dict; FixedPoint.from_dict(d) -> FixedPoint    (SecAggError on bad input)
     derive_encoding(*, max_grad_norm: float, max_batch_size: int, noise_std: float,
                     num_hospitals: int, bits: int = 32, tail_sigmas: float = 7.0) -> FixedPoint
         bound = max_grad_norm * max_batch_size + tail_sigmas * noise_std   (per coordinate)
         scale = (2**(bits-1) - 1 - num_hospitals) / (num_hospitals * bound)
-        (for bits=64 the scale is further capped so that bound * scale <= 2**52.)
+        (for bits=64 the scale is further capped so that bound * scale <= 2**42.)
         Each hospital's encoded |value| <= bound*scale + 1, so the sum of K encoded values
         stays below 2**(bits-1) in magnitude: the ring sum never wraps.
+    fixed_point_for_bound(bound, num_hospitals, bits=32) -> FixedPoint   # same rule, bound given
     encode(values, spec) -> tuple[np.ndarray, int]   # (uint32/uint64 ring vector, n clipped)
     decode(ring_sum, spec) -> np.ndarray[float64]
 
-    RoundParams(round_id: str, threshold: int, vector_length: int,
-                encoding: FixedPoint = FixedPoint(...), graph_degree: int | None = None,
-                graph_seed: bytes = b"")                            # frozen dataclass
+    RoundParams(round_id: str, threshold: int, vector_length: int, encoding: FixedPoint,
+                graph_degree: int | None = None, graph_seed: bytes = b"")   # frozen dataclass
         .to_dict() / RoundParams.from_dict(d);  .digest() -> bytes (32, signed into messages)
         round_id: 1-128 chars of [A-Za-z0-9._:-]; must be unique per round (e.g. "fed1:round:7").
-        threshold m: the sum is released only over >= m hospitals, else SecAggAborted.
+        threshold m (>= 2): the sum is released only over >= m hospitals, else SecAggAborted.
             Choose m > K/2 (m > 2K/3 if the coordinator might lie to hospitals).
         graph_degree: None -> complete graph; k -> each hospital masks with and shares its secrets
-            with k neighbours of a random graph derived from graph_seed (public; b"" -> derived
-            from round_id) and the advertised ids, so every party computes the same graph.
+            with 2*ceil(k/2) neighbours of a random graph derived from graph_seed (public; b"" ->
+            derived from round_id) and the advertised ids, so every party computes the same graph.
+            Each hospital's secrets then need a strict majority of its neighbours+itself to rebuild.
 
 Hospital ids: 1-64 chars of [A-Za-z0-9._-]; "coordinator" is reserved (sender of the
 coordinator's messages).
@@ -47,7 +49,8 @@ Hospital side, one object per hospital per round (call the methods in this order
          stochastic rounding; client.clipped says how many coordinates were clipped)
     client.mask_encoded(bundle, ring_vector) -> MaskedInput   # 3'. if you encoded yourself
     client.unmask(request: UnmaskRequest) -> UnmaskResponse   # 4. upload
-    client.phase -> str
+    client.phase -> str ("new", "advertised", "shared", "masked", "done")
+    client.clipped -> int   (coordinates clipped by the last mask_input)
 
 Coordinator side, one object per round; each `close_*` is called when the coordinator stops
 waiting (deadline or everyone answered)::
@@ -60,8 +63,8 @@ waiting (deadline or everyone answered)::
     server.receive_masked_input(msg: MaskedInput) -> None   # streamed into a running sum
     server.close_masking() -> UnmaskRequest                 # broadcast to every masker
     server.receive_unmask(msg: UnmaskResponse) -> None
-    server.finish() -> AggregateResult(ring_sum, values, included, dropped, clipped=None)
-    server.abort(reason) -> None                            # wipes the round's state
+    server.finish() -> AggregateResult(ring_sum, values: float64, included, dropped)
+    server.abort() -> None                                  # wipes the round's state
     server.phase, server.advertised, server.shared, server.masked, server.responded
 
 Every ``receive_*`` raises SecAggError for a message it refuses (wrong round, unknown or
@@ -80,9 +83,63 @@ Messages (dataclasses; every one has ``round_id`` and ``sender``)::
     Wire format: b"DSA1" + uint32 LE header length + JSON header + raw little-endian arrays.
     Parsing is strict (sizes, types, ids); hostile input raises SecAggError. Never pickle.
 
+Sizes: a MaskedInput is vector_length * bits/8 bytes plus a header under 300 bytes; every other
+message is a few hundred bytes per hospital in the round.
+
 In-memory driver (tests, benchmarks)::
 
     simulate(inputs, threshold, *, drop_before_masking=(), drop_after_masking=(), bits=32,
              graph_degree=None, drop_before_advertising=(), drop_before_sharing=(),
-             encoding=None) -> np.ndarray[float64]
+             encoding=None, round_id=...) -> np.ndarray[float64]
+        drops are hospital indices; every message travels through its wire bytes.
+    run_round(params, inputs, *, encoded=False, drop_...=(), identity_keys=None,
+              on_upload=None) -> AggregateResult      # same, with your own RoundParams
+
+Security notes: the coordinator is assumed honest but curious (DESIGN.md section 7). Each
+hospital answers one unmasking request per round and refuses one that lists a peer as both
+dropped and alive, so with m > K/2 (and a strict majority per neighbourhood in the sparse
+graph) no coordinator can collect both secrets of one hospital. Messages from the coordinator
+are not signed here: their content is checked (signed adverts, authenticated ciphertexts,
+consistent lists) and the transport (HTTPS with a pinned CA) authenticates the coordinator.
 """
+
+from core.secagg.client import SecAggClient
+from core.secagg.encoding import FixedPoint, decode, derive_encoding, encode, fixed_point_for_bound
+from core.secagg.messages import (
+    AdvertiseKeys,
+    EncryptedShares,
+    KeyRoster,
+    MaskedInput,
+    Message,
+    ShareBundle,
+    UnmaskRequest,
+    UnmaskResponse,
+    parse_message,
+)
+from core.secagg.params import COORDINATOR, RoundParams
+from core.secagg.server import AggregateResult, SecAggServer
+from core.secagg.simulate import run_round, simulate
+
+__all__ = [
+    "COORDINATOR",
+    "AdvertiseKeys",
+    "AggregateResult",
+    "EncryptedShares",
+    "FixedPoint",
+    "KeyRoster",
+    "MaskedInput",
+    "Message",
+    "RoundParams",
+    "SecAggClient",
+    "SecAggServer",
+    "ShareBundle",
+    "UnmaskRequest",
+    "UnmaskResponse",
+    "decode",
+    "derive_encoding",
+    "encode",
+    "fixed_point_for_bound",
+    "parse_message",
+    "run_round",
+    "simulate",
+]

@@ -1,0 +1,124 @@
+"""Whole rounds in memory: every message goes through its wire bytes, as over the network."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from core.errors import SecAggError
+from core.secagg.client import SecAggClient
+from core.secagg.crypto import ed25519_public_bytes
+from core.secagg.encoding import FixedPoint, fixed_point_for_bound
+from core.secagg.messages import Message, parse_message
+from core.secagg.params import RoundParams
+from core.secagg.server import AggregateResult, SecAggServer
+
+
+def hospital_ids(count: int) -> list[str]:
+    return [f"h{index:03d}" for index in range(count)]
+
+
+def _wire(message: Message) -> Message:
+    return parse_message(message.to_bytes())
+
+
+def run_round(
+    params: RoundParams,
+    inputs: Sequence[np.ndarray],
+    *,
+    encoded: bool = False,
+    drop_before_advertising: Collection[int] = (),
+    drop_before_sharing: Collection[int] = (),
+    drop_before_masking: Collection[int] = (),
+    drop_after_masking: Collection[int] = (),
+    identity_keys: Sequence[Ed25519PrivateKey] | None = None,
+    on_upload: Callable[[str, bytes], None] | None = None,
+) -> AggregateResult:
+    """One round over hospitals ``h000``.. (hospital i gets inputs[i]); drops are hospital indices.
+
+    ``encoded`` inputs are ring vectors (mask_encoded) instead of floats. ``on_upload(id, bytes)``
+    sees every hospital's upload (for measuring traffic).
+    """
+    ids = hospital_ids(len(inputs))
+    keys = list(identity_keys) if identity_keys is not None else [Ed25519PrivateKey.generate() for _ in ids]
+    peers = {hospital: ed25519_public_bytes(key) for hospital, key in zip(ids, keys, strict=True)}
+    server = SecAggServer(params, peers)
+    clients = {
+        hospital: SecAggClient(params, hospital, key, peers) for hospital, key in zip(ids, keys, strict=True)
+    }
+
+    def upload(hospital: str, message: Message) -> Message:
+        data = message.to_bytes()
+        if on_upload is not None:
+            on_upload(hospital, data)
+        return parse_message(data)
+
+    def present(dropouts: Collection[int], among: Collection[str]) -> list[str]:
+        gone = {ids[i] for i in dropouts}
+        return [hospital for hospital in ids if hospital in among and hospital not in gone]
+
+    alive = present(drop_before_advertising, ids)
+    for hospital in alive:
+        server.receive_advertise(upload(hospital, clients[hospital].advertise()))
+    roster = _wire(server.close_advertise())
+
+    alive = present(drop_before_sharing, alive)
+    for hospital in alive:
+        server.receive_shares(upload(hospital, clients[hospital].share_keys(roster)))
+    bundles = {hospital: _wire(bundle) for hospital, bundle in server.close_sharing().items()}
+
+    alive = present(drop_before_masking, alive)
+    for hospital in alive:
+        index = ids.index(hospital)
+        client = clients[hospital]
+        masked = (
+            client.mask_encoded(bundles[hospital], inputs[index])
+            if encoded
+            else client.mask_input(bundles[hospital], inputs[index])
+        )
+        server.receive_masked_input(upload(hospital, masked))
+    request = _wire(server.close_masking())
+
+    alive = present(drop_after_masking, alive)
+    for hospital in alive:
+        server.receive_unmask(upload(hospital, clients[hospital].unmask(request)))
+    return server.finish()
+
+
+def simulate(
+    inputs: Sequence[np.ndarray],
+    threshold: int,
+    *,
+    drop_before_masking: Collection[int] = (),
+    drop_after_masking: Collection[int] = (),
+    bits: int = 32,
+    graph_degree: int | None = None,
+    drop_before_advertising: Collection[int] = (),
+    drop_before_sharing: Collection[int] = (),
+    encoding: FixedPoint | None = None,
+    round_id: str = "simulation:round:0",
+) -> np.ndarray:
+    """The decoded float sum over the included hospitals of one in-memory round.
+
+    Hospital i gets inputs[i]; drops name hospital indices. Without ``encoding`` the bound is the
+    largest |value| in the inputs (nothing is clipped) and the scale the largest that cannot wrap.
+    Raises SecAggAborted when fewer than ``threshold`` hospitals remain.
+    """
+    vectors = [np.asarray(vector, dtype=np.float64) for vector in inputs]
+    if not vectors or any(v.ndim != 1 or v.shape != vectors[0].shape for v in vectors):
+        raise SecAggError("simulate() needs one 1-D float vector of the same length per hospital.")
+    if encoding is None:
+        bound = max(float(np.max(np.abs(v))) for v in vectors) or 1.0
+        encoding = fixed_point_for_bound(bound, len(vectors), bits)
+    params = RoundParams(round_id, threshold, vectors[0].shape[0], encoding, graph_degree=graph_degree)
+    result = run_round(
+        params,
+        vectors,
+        drop_before_advertising=drop_before_advertising,
+        drop_before_sharing=drop_before_sharing,
+        drop_before_masking=drop_before_masking,
+        drop_after_masking=drop_after_masking,
+    )
+    return result.values
