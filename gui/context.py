@@ -1,0 +1,98 @@
+"""What every page shares: settings, the job runner, well-known paths and app-wide signals."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, Signal
+
+from gui.settings import AppSettings, save_settings
+from gui.workers import JobRunner
+
+
+@dataclass
+class FederationStatus:
+    """The GUI's summary of this hospital's federation, shown on Home and Federation."""
+
+    state: str = "none"  # none | invited | joining | running | paused | left | finished | error
+    name: str = ""
+    coordinator: str = ""
+    round: int = 0
+    rounds: int = 0
+    epsilon_spent: float | None = None
+    epsilon_cap: float | None = None
+    message: str = ""
+
+
+class AppContext(QObject):
+    """Passed to every page. Signals let one page's work refresh another page."""
+
+    settings_changed = Signal()
+    theme_changed = Signal(str)
+    dataset_changed = Signal(object)  # core.data.ValidationReport
+    ledger_changed = Signal()
+    models_changed = Signal()
+    federation_changed = Signal(object)  # FederationStatus
+
+    def __init__(self, settings: AppSettings, *, runner: JobRunner | None = None,
+                 settings_warning: str | None = None, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.settings = settings
+        self.settings_warning = settings_warning
+        self.runner = runner or JobRunner(self)
+        self.dataset_report: Any = None
+        self.federation = FederationStatus()
+        self._viewer_opener: Callable[[Path], None] | None = None
+        self._navigator: Callable[[str], None] | None = None
+
+    # Paths inside the work folder. The ledger is the hospital's single privacy record.
+    @property
+    def work_folder(self) -> Path:
+        return Path(self.settings.work_folder)
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.work_folder / "privacy-ledger.sqlite"
+
+    @property
+    def models_folder(self) -> Path:
+        """Models trained on this computer."""
+        return self.work_folder / "models"
+
+    @property
+    def federations_folder(self) -> Path:
+        """One sub-folder per joined federation: its state, received models and audit log."""
+        return self.work_folder / "federations"
+
+    @property
+    def identity_key_path(self) -> Path:
+        """This hospital's long-term Ed25519 key: signs local models and federation requests."""
+        return self.work_folder / "identity" / "hospital-ed25519.pem"
+
+    def save_settings(self) -> None:
+        save_settings(self.settings)
+        self.settings_changed.emit()
+
+    def set_dataset_report(self, report: Any) -> None:
+        self.dataset_report = report
+        self.dataset_changed.emit(report)
+
+    def set_federation(self, status: FederationStatus) -> None:
+        self.federation = status
+        self.federation_changed.emit(status)
+
+    def install_navigation(self, navigate: Callable[[str], None],
+                           open_in_viewer: Callable[[Path], None]) -> None:
+        self._navigator = navigate
+        self._viewer_opener = open_in_viewer
+
+    def navigate(self, page: str) -> None:
+        if self._navigator is not None:
+            self._navigator(page)
+
+    def open_in_viewer(self, path: Path) -> None:
+        if self._viewer_opener is not None:
+            self._viewer_opener(Path(path))

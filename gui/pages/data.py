@@ -1,0 +1,227 @@
+"""Data: choose the hospital's images, check them in the background, see balance, samples, problems."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QHBoxLayout,
+    QHeaderView,
+    QTableWidget,
+    QTableWidgetItem,
+    QWidget,
+)
+
+from gui.context import AppContext
+from gui.dialogs import show_error
+from gui.widgets.common import Banner, Card, button, label
+from gui.widgets.job_progress import JobProgress
+from gui.widgets.page import Page
+from gui.widgets.path_picker import PathPicker
+from gui.widgets.plots import BarChart
+from gui.widgets.thumbnails import ThumbnailGrid, make_thumbnails
+
+THUMBNAILS_PER_CLASS = 6
+
+PROBLEM_WORDS = {
+    "unreadable": "Cannot be read",
+    "truncated": "Damaged (file cut short)",
+    "not_image": "Not an image",
+    "duplicate": "Duplicate of another file",
+    "too_small": "Small image (used, enlarged)",
+    "no_image_for_csv_row": "CSV row without image",
+    "no_label": "No grade / label",
+}
+
+
+class DataPage(Page):
+    key = "data"
+    title = "Data"
+    subtitle = ("Choose this hospital's images: a folder with one sub-folder per grade, an APTOS-style CSV "
+                "file (id_code, diagnosis) next to its images, or DICOM files.")
+
+    def __init__(self, context: AppContext, parent: QWidget | None = None) -> None:
+        super().__init__(context, parent)
+        self.body.addWidget(Banner(
+            "Checking reads the images where they are. Nothing is copied, uploaded or changed, "
+            "and nothing leaves this computer.", "ok"))
+
+        row = QHBoxLayout()
+        self.picker = PathPicker(folder=True, placeholder="Folder of images, or a CSV file",
+                                 button_text="Choose folder…", start_dir=Path(context.settings.data_folder))
+        self.csv_button = button("Choose CSV file…")
+        self.check_button = button("Check images", primary=True)
+        row.addWidget(self.picker, 1)
+        row.addWidget(self.csv_button)
+        row.addWidget(self.check_button)
+        self.body.addLayout(row)
+        self.progress = JobProgress()
+        self.body.addWidget(self.progress)
+
+        self.summary = Banner("", "info")
+        self.summary.setVisible(False)
+        self.body.addWidget(self.summary)
+
+        middle = QHBoxLayout()
+        middle.setSpacing(12)
+        self.chart = BarChart("Images per class (usable)")
+        self.chart.setMinimumHeight(240)
+        chart_card = Card("Class balance")
+        chart_card.body.addWidget(self.chart)
+        self.balance_note = label("", "muted")
+        chart_card.body.addWidget(self.balance_note)
+        middle.addWidget(chart_card, 1)
+        thumbs_card = Card("Sample images")
+        self.thumbnails = ThumbnailGrid()
+        thumbs_card.body.addWidget(self.thumbnails)
+        middle.addWidget(thumbs_card, 1)
+        self.body.addLayout(middle)
+
+        problems_card = Card("Problems found")
+        self.problems_note = label("Problems with single files are listed here; they never stop the check.",
+                                   "muted")
+        problems_card.body.addWidget(self.problems_note)
+        self.problems = QTableWidget(0, 3)
+        self.problems.setHorizontalHeaderLabels(["File", "Problem", "Why"])
+        self.problems.verticalHeader().setVisible(False)
+        self.problems.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.problems.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        header = self.problems.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Stretch)
+        self.problems.setColumnWidth(0, 260)
+        self.problems.setMinimumHeight(180)
+        problems_card.body.addWidget(self.problems)
+        self.save_report_button = button("Save report as JSON…")
+        self.save_report_button.setEnabled(False)
+        problems_card.body.addWidget(self.save_report_button)
+        self.body.addWidget(problems_card)
+
+        self.report: Any = None
+        self._job = None
+        self._thumb_job = None
+        self._checked_once = False
+        self.picker.path_chosen.connect(self.check)
+        self.csv_button.clicked.connect(self._choose_csv)
+        self.check_button.clicked.connect(lambda: self.check(self.picker.path()))
+        self.save_report_button.clicked.connect(self._save_report)
+        if context.settings.dataset is not None:
+            self.picker.set_path(context.settings.dataset)
+
+    def on_shown(self) -> None:
+        # The remembered dataset is checked again the first time the page is opened (files may change).
+        if not self._checked_once and self.report is None and self.context.settings.dataset is not None:
+            self.check(self.context.settings.dataset)
+
+    def _choose_csv(self) -> None:
+        start = str(self.picker.path() or self.context.settings.data_folder)
+        chosen, _ = QFileDialog.getOpenFileName(self, "Choose the labels CSV", start, "CSV files (*.csv)")
+        if chosen:
+            self.picker.set_path(chosen)
+            self.check(Path(chosen))
+
+    def check(self, path: Path | None) -> None:
+        if path is None:
+            self.summary.show_message("Choose a folder or a CSV file first.", "warning")
+            return
+        if self._job is not None and self._job.running:
+            self._job.cancel()
+        if self._thumb_job is not None and self._thumb_job.running:
+            self._thumb_job.cancel()
+        self._checked_once = True
+        self.picker.set_path(path)
+        self.check_button.setEnabled(False)
+        self.summary.show_message(f"Checking {path}…", "info")
+        self._job = self.context.runner.start(
+            _validate, Path(path), name="validate",
+            on_done=lambda report, p=Path(path): self._show_report(p, report),
+            on_error=self._failed, on_cancelled=self._cancelled)
+        self._job.finished.connect(lambda: self.check_button.setEnabled(True))
+        self.progress.bind(self._job, "Checking images…")
+
+    def _failed(self, exc: BaseException) -> None:
+        self.summary.show_message(f"These images could not be used: {exc}", "error")
+        show_error(self, exc)
+
+    def _cancelled(self) -> None:
+        self.summary.show_message("Check cancelled. Nothing was changed.", "warning")
+
+    def _show_report(self, path: Path, report: Any) -> None:
+        self.report = report
+        problems = list(report.problems)
+        skipped = sum(1 for p in problems if p.kind != "too_small")
+        kind = "ok" if not problems else ("warning" if report.usable else "error")
+        self.summary.show_message(
+            f"<b>{report.usable} of {report.total_files} files can be used for training</b> "
+            f"({len(report.classes)} classes, layout: {report.layout}). "
+            + (f"{len(problems)} problem(s) found; {skipped} file(s) will be skipped. See the list below."
+               if problems else "No problems found."), kind)
+        self.chart.set_counts({name: int(report.class_counts.get(name, 0)) for name in report.classes})
+        self._show_balance(report)
+        self._show_problems(problems)
+        self.save_report_button.setEnabled(True)
+        self.context.settings.dataset = path
+        self.context.save_settings()
+        self.context.set_dataset_report(report)
+        self._load_thumbnails(report)
+
+    def _show_balance(self, report: Any) -> None:
+        counts = [int(report.class_counts.get(name, 0)) for name in report.classes]
+        if not counts or not sum(counts):
+            self.balance_note.setText("No usable labelled images.")
+            return
+        largest = max(counts)
+        share = largest / sum(counts)
+        empty = [name for name, count in zip(report.classes, counts, strict=True) if count == 0]
+        note = f"The largest class holds {share:.0%} of the images."
+        if empty:
+            note += f" No images for: {', '.join(empty)}; the model cannot learn those grades here."
+        self.balance_note.setText(note)
+
+    def _show_problems(self, problems: list[Any]) -> None:
+        self.problems.setRowCount(len(problems))
+        for row, problem in enumerate(problems):
+            name = QTableWidgetItem(Path(problem.path).name)
+            name.setToolTip(problem.path)
+            self.problems.setItem(row, 0, name)
+            self.problems.setItem(row, 1, QTableWidgetItem(PROBLEM_WORDS.get(problem.kind, problem.kind)))
+            self.problems.setItem(row, 2, QTableWidgetItem(problem.reason))
+        self.problems_note.setText(
+            f"{len(problems)} problem(s). Skipped files are left untouched; fix or remove them and check again."
+            if problems else "No problems found.")
+
+    def _load_thumbnails(self, report: Any) -> None:
+        self.thumbnails.clear()
+        per_class: dict[int | None, list[Path]] = defaultdict(list)
+        for sample in report.usable_samples:
+            if len(per_class[sample.label]) < THUMBNAILS_PER_CLASS:
+                per_class[sample.label].append(sample.path)
+        items = []
+        for label_index in sorted(per_class, key=lambda x: -1 if x is None else x):
+            caption = "no label" if label_index is None else report.classes[label_index]
+            items.extend((path, caption) for path in per_class[label_index])
+        if items:
+            self._thumb_job = self.context.runner.start(
+                make_thumbnails, items, name="thumbnails", on_event=self.thumbnails.add_thumbnail)
+
+    def _save_report(self) -> None:
+        if self.report is None:
+            return
+        chosen, _ = QFileDialog.getSaveFileName(self, "Save the report", "validation-report.json",
+                                                "JSON (*.json)")
+        if chosen:
+            try:
+                Path(chosen).write_text(self.report.to_json(), encoding="utf-8")
+            except OSError as exc:
+                show_error(self, exc)
+
+
+def _validate(path: Path, *, progress, cancel) -> Any:
+    from core.data import validate
+
+    return validate(path, progress=progress, cancel=cancel)

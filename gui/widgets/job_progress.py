@@ -1,0 +1,59 @@
+"""A progress bar, its message and a Cancel button, bound to one running job at a time."""
+
+from __future__ import annotations
+
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
+
+from gui.workers import JobHandle
+
+
+class JobProgress(QWidget):
+    """Hidden while idle. ``bind(handle)`` shows it, follows progress and hides it at the end."""
+
+    def __init__(self, parent: QWidget | None = None, *, cancel_text: str = "Cancel") -> None:
+        super().__init__(parent)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1000)
+        self.bar.setTextVisible(False)
+        self.bar.setMaximumWidth(260)
+        self.message = QLabel()
+        self.cancel_button = QPushButton(cancel_text)
+        self.cancel_button.setProperty("danger", True)
+        layout.addWidget(self.bar)
+        layout.addWidget(self.message, 1)
+        layout.addWidget(self.cancel_button)
+        self.cancel_button.clicked.connect(self.cancel)
+        self._handle: JobHandle | None = None
+        self.setVisible(False)
+
+    def bind(self, handle: JobHandle, message: str = "Starting…") -> None:
+        self._handle = handle
+        self.bar.setValue(0)
+        self.message.setText(message)
+        self.cancel_button.setEnabled(True)
+        self.cancel_button.setText("Cancel")
+        self.setVisible(True)
+        handle.progress.connect(self.set_progress)
+        handle.finished.connect(self._finished)
+
+    def set_progress(self, fraction: float, message: str) -> None:
+        self.bar.setValue(int(max(0.0, min(1.0, fraction)) * 1000))
+        if message:
+            self.message.setText(message)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self.cancel_button.setEnabled(False)
+            self.cancel_button.setText("Cancelling…")
+            self.message.setText("Cancelling: stopping at the next safe point…")
+
+    @property
+    def running(self) -> bool:
+        return self._handle is not None and self._handle.running
+
+    def _finished(self) -> None:
+        self._handle = None
+        self.setVisible(False)
