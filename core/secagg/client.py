@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -37,6 +38,20 @@ from core.secagg.roster import (
 )
 
 NEW, ADVERTISED, SHARED, MASKED, DONE = "new", "advertised", "shared", "masked", "done"
+
+
+@dataclass
+class MaskPlan:
+    """What masking one vector takes: y = ring + sum(mask(s) for s in add) - sum(mask(s) for s in subtract).
+
+    add[0] is the self-mask seed; the rest are pairwise seeds, each shared with one peer (who
+    holds the same seed with the opposite sign).
+    """
+
+    ring: np.ndarray
+    held: dict[str, tuple[int, int]]
+    add: list[bytes]
+    subtract: list[bytes]
 
 
 class SecAggClient:
@@ -74,6 +89,7 @@ class SecAggClient:
             None  # (key share, seed share) this hospital holds of itself
         )
         self._held: dict[str, tuple[int, int]] = {}  # sender -> (key share, seed share), after mask_input
+        self._share_keys: dict[str, bytes] = {}  # neighbour -> AES-GCM key for shares, both directions
         self.phase = NEW
         self.clipped = 0
 
@@ -138,6 +154,7 @@ class SecAggClient:
                 + seed_shares[x].to_bytes(shamir.SHARE_BYTES, "big")
             )
             key = share_key(self._enc_key, view.adverts[holder].enc_public, self.params.round_id, me, holder)
+            self._share_keys[holder] = key  # the same key opens what this neighbour sends back
             ciphertexts[holder] = seal(
                 key, plaintext, share_associated_data(self.params.round_id, me, holder)
             )
@@ -164,8 +181,9 @@ class SecAggClient:
                 raise SecAggError(
                     f"Refused a share bundle: {sender} is not a neighbour of {me} in this round."
                 )
-            key = share_key(self._enc_key, view.adverts[sender].enc_public, self.params.round_id, me, sender)
-            plaintext = unseal(key, blob, share_associated_data(self.params.round_id, sender, me))
+            plaintext = unseal(
+                self._share_keys[sender], blob, share_associated_data(self.params.round_id, sender, me)
+            )
             if len(plaintext) != SHARE_PLAINTEXT_BYTES or int.from_bytes(plaintext[:4], "big") != x_mine:
                 raise SecAggError(f"Refused the shares from {sender}: they were made for another holder.")
             key_share = int.from_bytes(plaintext[4 : 4 + shamir.SHARE_BYTES], "big")
@@ -189,6 +207,14 @@ class SecAggClient:
 
     def mask_encoded(self, bundle: ShareBundle, ring_vector: np.ndarray) -> MaskedInput:
         """Step 3 for a vector already in the ring (uint32 or uint64 as the encoding says)."""
+        plan = self._plan_masks(bundle, ring_vector)
+        expander = MaskExpander(plan.ring.shape[0], plan.ring.dtype)
+        masked = np.add(plan.ring, expander.expand(plan.add[0]))  # the only copy of the vector
+        expander.apply(masked, plan.add[1:], plan.subtract)
+        return self._sign_masked(plan, masked)
+
+    def _plan_masks(self, bundle: ShareBundle, ring_vector: np.ndarray) -> MaskPlan:
+        """Check the bundle and derive every mask seed; nothing changes until _sign_masked."""
         self._expect(SHARED, bundle, ShareBundle, "mask_input")
         spec = self.params.encoding
         ring = np.asarray(ring_vector)
@@ -205,16 +231,16 @@ class SecAggClient:
                 f"Secure aggregation aborted: only {alive} hospitals shared keys with {me}, "
                 f"{view.threshold_for(me)} needed; nothing was revealed."
             )
-        add, subtract = [], []
+        plan = MaskPlan(ring, held, add=[self._self_seed], subtract=[])
         for peer in held:
             seed = pairwise_seed(self._mask_key, view.adverts[peer].mask_public, round_id, me, peer)
-            (add if me < peer else subtract).append(seed)
-        expander = MaskExpander(ring.shape[0], spec.dtype)
-        masked = np.add(ring, expander.expand(self._self_seed))  # the only copy of the vector
-        expander.apply(masked, add, subtract)
-        unsigned = MaskedInput(round_id, me, masked, b"")
+            (plan.add if me < peer else plan.subtract).append(seed)
+        return plan
+
+    def _sign_masked(self, plan: MaskPlan, masked: np.ndarray) -> MaskedInput:
+        unsigned = MaskedInput(self.params.round_id, self.hospital_id, masked, b"")
         signature = sign(self._identity, *unsigned.signed_fields(vector_digest(masked)))
-        self._held = held
+        self._held = plan.held
         self.phase = MASKED
         return dataclasses.replace(unsigned, signature=signature)
 

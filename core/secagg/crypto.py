@@ -9,6 +9,7 @@ another.
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -87,8 +88,16 @@ def sign(key: Ed25519PrivateKey, *fields: Field) -> bytes:
 
 
 def verify(public_key: bytes, signature: bytes, *fields: Field) -> bool:
+    return _verify(bytes(public_key), bytes(signature), canonical(*fields))
+
+
+@lru_cache(maxsize=4096)
+def _verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    # Memoised because every hospital checks every other hospital's advertised keys: where several
+    # parties share a process (the coordinator, the in-memory driver) each triple is checked once.
+    # Verification is a pure function of the three byte strings, so this is exact.
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, canonical(*fields))
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
     except (InvalidSignature, ValueError):
         return False
     return True

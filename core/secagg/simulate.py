@@ -10,9 +10,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from core.errors import SecAggError
 from core.secagg.client import SecAggClient
 from core.secagg.crypto import ed25519_public_bytes
-from core.secagg.encoding import FixedPoint, fixed_point_for_bound
-from core.secagg.messages import Message, parse_message
+from core.secagg.encoding import FixedPoint, encode, fixed_point_for_bound
+from core.secagg.messages import MaskedInput, Message, ShareBundle, parse_message
 from core.secagg.params import RoundParams
+from core.secagg.prg import MaskExpander
 from core.secagg.server import AggregateResult, SecAggServer
 
 
@@ -22,6 +23,39 @@ def hospital_ids(count: int) -> list[str]:
 
 def _wire(message: Message) -> Message:
     return parse_message(message.to_bytes())
+
+
+def mask_together(
+    clients: Sequence[SecAggClient], bundles: Sequence[ShareBundle], rings: Sequence[np.ndarray]
+) -> list[MaskedInput]:
+    """What each client's mask_encoded returns, expanding every distinct seed once.
+
+    Two hospitals of a pair derive the same pairwise seed (one adds its mask, the other
+    subtracts it), so in one process each pairwise mask is expanded once and applied to both
+    vectors. The masked vectors are bit for bit those of mask_encoded.
+    """
+    plans = [
+        client._plan_masks(bundle, ring) for client, bundle, ring in zip(clients, bundles, rings, strict=True)
+    ]
+    if not plans:
+        return []
+    expander = MaskExpander(plans[0].ring.shape[0], plans[0].ring.dtype)
+    # add[0] is each hospital's own self-mask seed: adding it makes the output without a separate copy.
+    outputs = [np.add(plan.ring, expander.expand(plan.add[0])) for plan in plans]
+    targets: dict[bytes, list[tuple[np.ndarray, bool]]] = {}
+    for plan, output in zip(plans, outputs, strict=True):
+        for seed in plan.add[1:]:
+            targets.setdefault(seed, []).append((output, True))
+        for seed in plan.subtract:
+            targets.setdefault(seed, []).append((output, False))
+    for seed, uses in targets.items():
+        mask = expander.expand(seed)
+        for output, add in uses:
+            (np.add if add else np.subtract)(output, mask, out=output)
+    return [
+        client._sign_masked(plan, output)
+        for client, plan, output in zip(clients, plans, outputs, strict=True)
+    ]
 
 
 def run_round(
@@ -35,11 +69,14 @@ def run_round(
     drop_after_masking: Collection[int] = (),
     identity_keys: Sequence[Ed25519PrivateKey] | None = None,
     on_upload: Callable[[str, bytes], None] | None = None,
+    pairwise_once: bool = True,
 ) -> AggregateResult:
     """One round over hospitals ``h000``.. (hospital i gets inputs[i]); drops are hospital indices.
 
     ``encoded`` inputs are ring vectors (mask_encoded) instead of floats. ``on_upload(id, bytes)``
-    sees every hospital's upload (for measuring traffic).
+    sees every hospital's upload (for measuring traffic). ``pairwise_once`` expands each pairwise
+    mask once for both hospitals of the pair (mask_together); False runs each hospital's own
+    mask_input/mask_encoded, as on separate machines. The result is the same.
     """
     ids = hospital_ids(len(inputs))
     keys = list(identity_keys) if identity_keys is not None else [Ed25519PrivateKey.generate() for _ in ids]
@@ -70,14 +107,20 @@ def run_round(
     bundles = {hospital: _wire(bundle) for hospital, bundle in server.close_sharing().items()}
 
     alive = present(drop_before_masking, alive)
-    for hospital in alive:
-        index = ids.index(hospital)
-        client = clients[hospital]
-        masked = (
-            client.mask_encoded(bundles[hospital], inputs[index])
+    if pairwise_once:
+        rings = [
+            inputs[ids.index(h)] if encoded else encode(inputs[ids.index(h)], params.encoding)[0]
+            for h in alive
+        ]
+        masked_inputs = mask_together([clients[h] for h in alive], [bundles[h] for h in alive], rings)
+    else:
+        masked_inputs = [
+            clients[h].mask_encoded(bundles[h], inputs[ids.index(h)])
             if encoded
-            else client.mask_input(bundles[hospital], inputs[index])
-        )
+            else clients[h].mask_input(bundles[h], inputs[ids.index(h)])
+            for h in alive
+        ]
+    for hospital, masked in zip(alive, masked_inputs, strict=True):
         server.receive_masked_input(upload(hospital, masked))
     request = _wire(server.close_masking())
 
