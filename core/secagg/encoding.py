@@ -141,9 +141,11 @@ def encode(values: np.ndarray, spec: FixedPoint) -> tuple[np.ndarray, int]:
     array = np.asarray(values)
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.floating):
         raise SecAggError("Only a 1-D float vector can be encoded for secure aggregation.")
-    scaled = np.multiply(array, spec.scale, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # huge values become inf, then get clipped
+        scaled = np.multiply(array, spec.scale, dtype=np.float64)
+        total = float(scaled.sum())
     # A single reduction catches NaN/inf cheaply; only then look closer (huge finite values are fine).
-    if not math.isfinite(float(scaled.sum())) and not np.isfinite(array).all():
+    if not math.isfinite(total) and not np.isfinite(array).all():
         raise SecAggError(
             "The update contains NaN or infinite values; training diverged, lower the learning rate."
         )

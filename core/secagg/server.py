@@ -112,6 +112,12 @@ class SecAggServer:
         if message.sender in seen:
             raise SecAggError(f"Refused a repeated {cls.__name__} from {message.sender} (replay or resend).")
 
+    def _closing(self, phase: str) -> None:
+        if self.phase != phase:
+            raise SecAggError(
+                f"Secure aggregation cannot close step '{phase}': the round is at step '{self.phase}'."
+            )
+
     def _need(self, count: int, what: str) -> None:
         if count < self.params.threshold:
             self.abort()
@@ -137,6 +143,7 @@ class SecAggServer:
         self._adverts[message.sender] = message
 
     def close_advertise(self) -> KeyRoster:
+        self._closing(ADVERTISING)
         self._need(len(self._adverts), "advertised keys")
         roster = KeyRoster(self.params.round_id, tuple(self._adverts[h] for h in sorted(self._adverts)))
         try:
@@ -162,6 +169,7 @@ class SecAggServer:
         self._shares[message.sender] = message
 
     def close_sharing(self) -> dict[str, ShareBundle]:
+        self._closing(SHARING)
         self._need(len(self._shares), "shared their keys")
         bundles = {
             recipient: ShareBundle(
@@ -204,6 +212,7 @@ class SecAggServer:
         self._masked.add(message.sender)
 
     def close_masking(self) -> UnmaskRequest:
+        self._closing(MASKING)
         self._need(len(self._masked), "sent their masked inputs")
         self._request = UnmaskRequest(
             self.params.round_id,

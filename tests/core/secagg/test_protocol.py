@@ -1,0 +1,145 @@
+"""Whole rounds: exact ring sums with dropouts at every phase, aborts below the threshold."""
+
+import numpy as np
+import pytest
+
+from core.errors import SecAggAborted
+from core.secagg import RoundParams, fixed_point_for_bound, run_round, simulate
+from core.secagg.graph import neighbours
+from core.secagg.simulate import hospital_ids
+
+
+def _params(k, threshold, length, *, bits=32, degree=None, round_id="test:round:1"):
+    return RoundParams(round_id, threshold, length, fixed_point_for_bound(1.0, k, bits), graph_degree=degree)
+
+
+def _ring_inputs(k, length, bits, seed):
+    dtype = np.uint32 if bits == 32 else np.uint64
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, np.iinfo(dtype).max, length, dtype=dtype, endpoint=True) for _ in range(k)]
+
+
+def _ring_sum(vectors, included, dtype):
+    total = np.zeros_like(vectors[0])
+    for index in included:
+        np.add(total, vectors[index], out=total)
+    return total.astype(dtype)
+
+
+def _random_drops(k, threshold, seed):
+    """Disjoint random dropouts at all four phases that leave exactly `threshold` answering."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(k)
+    spare = k - threshold
+    cuts = np.sort(rng.integers(0, spare + 1, 3))
+    phases = np.split(order[:spare], cuts)
+    return dict(
+        drop_before_advertising=set(phases[0].tolist()),
+        drop_before_sharing=set(phases[1].tolist()),
+        drop_before_masking=set(phases[2].tolist()),
+        drop_after_masking=set(phases[3].tolist()),
+    )
+
+
+@pytest.mark.parametrize(
+    ("k", "threshold", "length", "bits", "seed"),
+    [
+        (2, 2, 64, 32, 0),
+        (3, 2, 64, 32, 1),
+        (3, 2, 64, 64, 2),
+        (10, 6, 257, 32, 3),
+        (10, 6, 33, 64, 4),
+        (50, 26, 8, 32, 5),
+    ],
+)
+def test_exact_ring_sum_with_random_drops_down_to_threshold(k, threshold, length, bits, seed):
+    inputs = _ring_inputs(k, length, bits, seed)
+    drops = _random_drops(k, threshold, seed)
+    result = run_round(_params(k, threshold, length, bits=bits), inputs, encoded=True, **drops)
+    # Dropping after masking still counts; dropping before it does not.
+    excluded = drops["drop_before_advertising"] | drops["drop_before_sharing"] | drops["drop_before_masking"]
+    included = [i for i in range(k) if i not in excluded]
+    assert result.included == tuple(hospital_ids(k)[i] for i in included)
+    assert np.array_equal(result.ring_sum, _ring_sum(inputs, included, inputs[0].dtype))
+
+
+@pytest.mark.parametrize("k", [3, 10])
+def test_exact_sum_without_drops_and_per_hospital_masking(k):
+    """pairwise_once=False runs each hospital's own mask_encoded, as on separate machines."""
+    inputs = _ring_inputs(k, 100, 32, 7)
+    for pairwise_once in (True, False):
+        result = run_round(
+            _params(k, k // 2 + 1, 100),
+            inputs,
+            encoded=True,
+            pairwise_once=pairwise_once,
+            drop_before_masking={1},
+        )
+        assert np.array_equal(result.ring_sum, _ring_sum(inputs, [i for i in range(k) if i != 1], np.uint32))
+
+
+def test_sparse_graph_exact_sum_with_drops():
+    k, degree, length = 50, 8, 16
+    params = _params(k, 20, length, degree=degree)
+    inputs = _ring_inputs(k, length, 32, 11)
+    graph = neighbours(hospital_ids(k), degree, params.effective_graph_seed)
+    assert {len(n) for n in graph.values()} == {8}  # really sparse, every degree the same
+    result = run_round(params, inputs, encoded=True, drop_before_masking={3, 17}, drop_after_masking={5, 40})
+    included = [i for i in range(k) if i not in (3, 17)]
+    assert np.array_equal(result.ring_sum, _ring_sum(inputs, included, np.uint32))
+
+
+def test_sparse_graph_aborts_when_a_neighbourhood_is_gone():
+    """A hospital's secrets need a majority of its 9 holders; losing 5 of its neighbours aborts the round."""
+    k, degree = 30, 8
+    params = _params(k, 10, 8, degree=degree)
+    ids = hospital_ids(k)
+    graph = neighbours(ids, degree, params.effective_graph_seed)
+    victim = 0
+    gone = sorted(ids.index(n) for n in graph[ids[victim]])[:5]
+    with pytest.raises(SecAggAborted, match="hospitals returned the"):
+        run_round(
+            params,
+            _ring_inputs(k, 8, 32, 3),
+            encoded=True,
+            drop_before_masking={victim},
+            drop_after_masking=set(gone),
+        )
+
+
+def test_sparse_graph_is_the_same_for_everyone_and_depends_on_the_seed():
+    ids = hospital_ids(40)
+    first = neighbours(ids, 6, b"seed-a")
+    assert first == neighbours(list(reversed(ids)), 6, b"seed-a")
+    assert first != neighbours(ids, 6, b"seed-b")
+    assert all(b in first[a] for a in ids for b in first[a])  # symmetric
+    assert neighbours(ids[:5], 6, b"seed-a")[ids[0]] == frozenset(ids[1:5])  # small rounds: complete
+
+
+@pytest.mark.parametrize(
+    "drops",
+    [
+        {"drop_before_advertising": {0, 1, 2}},
+        {"drop_before_sharing": {0, 1, 2}},
+        {"drop_before_masking": {0, 1, 2}},
+        {"drop_after_masking": {0, 1, 2}},
+        {"drop_before_sharing": {0}, "drop_before_masking": {1}, "drop_after_masking": {2}},
+    ],
+)
+def test_below_threshold_aborts(drops):
+    with pytest.raises(SecAggAborted, match="nothing was revealed"):
+        run_round(_params(6, 4, 16), _ring_inputs(6, 16, 32, 0), encoded=True, **drops)
+
+
+def test_simulate_returns_the_float_sum_over_included_hospitals():
+    rng = np.random.default_rng(5)
+    inputs = [rng.normal(size=300) for _ in range(5)]
+    total = simulate(inputs, 3, drop_before_masking=[1], drop_after_masking=[3])
+    expected = sum(inputs) - inputs[1]
+    assert np.abs(total - expected).max() < 1e-6
+    wide = simulate(inputs, 3, drop_before_masking=[1], bits=64)
+    assert np.abs(wide - expected).max() < 1e-10
+    sparse = simulate([rng.normal(size=20) for _ in range(12)], 5, graph_degree=4)
+    assert sparse.shape == (20,)
+    with pytest.raises(SecAggAborted):
+        simulate(inputs, 4, drop_before_masking=[0, 1])
