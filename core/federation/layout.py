@@ -1,0 +1,264 @@
+"""The federation folder (``dopamine coordinator init DIR``) and the coordinator's settings.
+
+    DIR/plan.toml                 the plan (hashed into every invitation)
+    DIR/coordinator.toml          where and how the coordinator serves (not part of the plan)
+    DIR/tls/ca.pem, ca.key        the federation CA (ca.key 0600; keep it offline if you can)
+    DIR/tls/server.pem, .key      the coordinator's HTTPS certificate and key (0600)
+    DIR/signing.key               the coordinator's Ed25519 key that signs every published model (0600)
+    DIR/invitations/*.invite      one per hospital (0600: each holds a one-time enrollment token)
+    DIR/state.sqlite              enrollments, rounds, messages of the open round
+    DIR/models/                   global-rNNNN.dpm (signed) and server-rNNNN.safetensors (optimizer state)
+    DIR/coordinator.log
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.config import load_toml, save_toml
+from core.errors import ConfigError, FederationError
+from core.federation.invitation import Invitation, write_invitation
+from core.federation.plan import FederationPlan, default_threshold, plan_hash, save_plan
+from core.federation.tls import write_federation_tls
+
+
+@dataclass(frozen=True)
+class FederationPaths:
+    root: Path
+
+    @property
+    def plan(self) -> Path:
+        return self.root / "plan.toml"
+
+    @property
+    def settings(self) -> Path:
+        return self.root / "coordinator.toml"
+
+    @property
+    def tls(self) -> Path:
+        return self.root / "tls"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.root / "signing.key"
+
+    @property
+    def invitations(self) -> Path:
+        return self.root / "invitations"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.sqlite"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "coordinator.log"
+
+    def model_package(self, round: int) -> Path:
+        return self.models / f"global-r{round:04d}.dpm"
+
+    def server_state(self, round: int) -> Path:
+        return self.models / f"server-r{round:04d}.safetensors"
+
+
+@dataclass
+class CoordinatorSettings:
+    url: str
+    hosts: list[str]
+    port: int
+    bind_host: str = "0.0.0.0"
+    eval_data: str | None = None
+    eval_every: int = 1
+    # How long the coordinator waits in each phase before going on with whoever answered.
+    key_phase_timeout_s: float = 60.0
+    compute_phase_timeout_s: float = 600.0
+    max_attempts_per_round: int = 5
+    # None: round 1 starts once every invitation is used; else after this many seconds of serving
+    # with at least the threshold enrolled.
+    start_timeout_s: float | None = None
+    keep_models: int = 3  # published global models kept besides the newest (older ones are deleted)
+    schema_version: int = 1
+
+
+def load_settings(paths: FederationPaths) -> CoordinatorSettings:
+    settings = load_toml(CoordinatorSettings, paths.settings)
+    if settings.eval_every < 1:
+        raise ConfigError("eval_every in coordinator.toml must be at least 1.")
+    return settings
+
+
+@dataclass
+class InitConfig:
+    folder: Path
+    name: str
+    mode: str
+    rounds: int
+    hospitals: int
+    hosts: list[str] = field(default_factory=lambda: ["localhost", "127.0.0.1"])
+    port: int = 8443
+    bind_host: str | None = None  # None: 127.0.0.1 when every host is loopback, else 0.0.0.0
+    threshold: int | None = None
+    model: str = "small_cnn"
+    image_size: int = 64
+    noise_multiplier: float | None = None
+    max_grad_norm: float | None = None
+    sample_rate: float | None = None
+    batch_size: int | None = None
+    local_epochs: int | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    server_lr: float | None = None
+    server_momentum: float | None = None
+    delta: float | None = None
+    accountant: str = "rdp"
+    secagg: bool | None = None
+    update_bound: float | None = None
+    seed: int = 0
+    eval_data: Path | None = None
+    eval_every: int | None = None
+    compute_phase_timeout_s: float | None = None
+    key_phase_timeout_s: float | None = None
+    hospital_names: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class InitResult:
+    folder: Path
+    coordinator_url: str
+    invitations: list[Path]
+    plan: FederationPlan
+    plan_hash: str
+    ca_fingerprint: str
+
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+def _url(host: str, port: int) -> str:
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+
+
+def build_plan(config: InitConfig, federation_id: str) -> FederationPlan:
+    """The plan for ``config``, with each mode's defaults for the values left unset."""
+    mode = config.mode
+    fscdp = mode == "fscdp"
+    plan = FederationPlan(
+        name=config.name,
+        federation_id=federation_id,
+        mode=mode,
+        rounds=config.rounds,
+        hospitals=config.hospitals,
+        threshold=config.threshold if config.threshold is not None else default_threshold(config.hospitals),
+        model=config.model,
+        image_size=config.image_size,
+        # FSCDP: lr/momentum are the server optimizer's (the only optimizer); F/FPDP: the local one's.
+        lr=config.lr if config.lr is not None else (0.5 if fscdp else 0.05),
+        momentum=config.momentum if config.momentum is not None else 0.9,
+        server_lr=config.server_lr if config.server_lr is not None else 1.0,
+        server_momentum=config.server_momentum if config.server_momentum is not None else 0.0,
+        delta=config.delta if mode != "f" else None,
+        accountant=config.accountant,
+        noise_multiplier=config.noise_multiplier,
+        max_grad_norm=config.max_grad_norm if mode != "f" else None,
+        sample_rate=config.sample_rate,
+        batch_size=None if fscdp else (config.batch_size or 32),
+        local_epochs=None if fscdp else (config.local_epochs or 1),
+        secagg=True if fscdp else bool(config.secagg),
+        update_bound=None,
+        seed=config.seed,
+    )
+    if fscdp:
+        plan.sample_rate = config.sample_rate if config.sample_rate is not None else 0.1
+        plan.noise_multiplier = config.noise_multiplier if config.noise_multiplier is not None else 1.0
+        plan.max_grad_norm = config.max_grad_norm if config.max_grad_norm is not None else 1.0
+        plan.delta = config.delta if config.delta is not None else 1e-5
+        # The server optimizer carries the DP-SGD step: lr/momentum are its settings.
+        plan.server_lr = plan.lr
+        plan.server_momentum = plan.momentum
+    elif mode == "fpdp":
+        plan.noise_multiplier = config.noise_multiplier if config.noise_multiplier is not None else 1.0
+        plan.max_grad_norm = config.max_grad_norm if config.max_grad_norm is not None else 1.0
+        plan.delta = config.delta if config.delta is not None else 1e-5
+    if plan.secagg and mode != "fscdp":
+        plan.update_bound = config.update_bound if config.update_bound is not None else 10.0
+    plan.validate()
+    return plan
+
+
+def init_federation(config: InitConfig) -> InitResult:
+    """Create the federation folder: CA, server certificate, signing key, plan, state, invitations."""
+    from core.signing import generate_private_key, public_key_bytes, save_private_key
+
+    folder = Path(config.folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise FederationError(f"{folder} already exists and is not empty; choose a new folder for the federation.")
+    if not config.hosts:
+        raise ConfigError("Give at least one host name or IP address hospitals will reach the coordinator at (--host).")
+    if not 1 <= config.port <= 65535:
+        raise ConfigError(f"Port {config.port} is not a valid TCP port.")
+    names = config.hospital_names or [f"hospital-{i:02d}" for i in range(1, config.hospitals + 1)]
+    if len(names) != config.hospitals or len(set(names)) != len(names):
+        raise ConfigError("Give one distinct name per hospital.")
+    federation_id = uuid.uuid4().hex[:16]
+    plan = build_plan(config, federation_id)
+    if config.eval_data is not None and not Path(config.eval_data).exists():
+        raise ConfigError(f"Evaluation data folder {config.eval_data} does not exist.")
+
+    paths = FederationPaths(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    url = _url(config.hosts[0], config.port)
+    tls = write_federation_tls(paths.tls, name=config.name, hosts=list(config.hosts))
+    signing_key = generate_private_key()
+    save_private_key(signing_key, paths.signing_key)
+    save_plan(plan, paths.plan)
+    bind_host = config.bind_host or ("127.0.0.1" if set(config.hosts) <= _LOOPBACK else "0.0.0.0")
+    settings = CoordinatorSettings(url=url, hosts=list(config.hosts), port=config.port, bind_host=bind_host,
+                                   eval_data=str(Path(config.eval_data).resolve()) if config.eval_data else None)
+    if config.eval_every is not None:
+        settings.eval_every = config.eval_every
+    if config.compute_phase_timeout_s is not None:
+        settings.compute_phase_timeout_s = config.compute_phase_timeout_s
+    if config.key_phase_timeout_s is not None:
+        settings.key_phase_timeout_s = config.key_phase_timeout_s
+    save_toml(settings, paths.settings)
+
+    from core.federation.store import CoordinatorStore
+
+    store = CoordinatorStore(paths.state)
+    ca_pem = tls.ca_cert.read_text()
+    digest = plan_hash(plan)
+    invitations = []
+    try:
+        for index, name in enumerate(names, start=1):
+            hospital_id = f"h{index:02d}"
+            token = secrets.token_urlsafe(32)
+            store.add_invitation(hospital_id, name, hashlib.sha256(token.encode()).hexdigest())
+            invitation = Invitation(
+                federation_id=federation_id, federation_name=config.name, coordinator_url=url,
+                hospital_id=hospital_id, hospital_name=name, token=token, ca_certificate=ca_pem,
+                coordinator_signing_key=public_key_bytes(signing_key), plan=plan, plan_hash=digest,
+            )
+            path = paths.invitations / f"{hospital_id}-{_safe(name)}.invite"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_invitation(path, invitation)
+            invitations.append(path)
+        store.update_meta({"status": "enrolling", "round": 0, "attempt": 0, "phase": "", "model_round": 0,
+                           "federation_id": federation_id, "hospital_ids": [f"h{i:02d}" for i in range(1, len(names) + 1)]})
+    finally:
+        store.close()
+    from core.federation.tls import certificate_fingerprint
+
+    return InitResult(folder=folder, coordinator_url=url, invitations=invitations, plan=plan, plan_hash=digest,
+                      ca_fingerprint=certificate_fingerprint(ca_pem))
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:40]

@@ -1,0 +1,113 @@
+"""What a hospital computes in a round, per mode (DESIGN §2). No network, no ledger: the client
+charges the ledger between computing and sending.
+
+- FSCDP: one DP-SGD step of the union dataset. Poisson-sample the hospital's images at rate q,
+  sum the per-example gradients each clipped to C, add Gaussian noise of std sigma*C/sqrt(m).
+  At least m such sums are inside any released total, so its noise is at least N(0, sigma^2 C^2).
+- FPDP: local DP-SGD (train_local with DPSettings) for E epochs; the result is the model delta.
+- F: local SGD for E epochs; the model delta.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.data.preprocess import Preprocessing, normalize
+from core.federation.plan import FederationPlan
+from core.federation.weights import ParameterLayout
+from core.jobs import NEVER_CANCELLED, CancelToken
+
+
+def secure_generator() -> torch.Generator:
+    """A torch generator seeded from the operating system's CSPRNG (sampling and noise)."""
+    return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
+
+
+@dataclass
+class LocalResult:
+    vector: np.ndarray  # float64, the layout's length: noised gradient sum (FSCDP) or model delta
+    loss: float  # mean training loss seen locally (never sent)
+    batch_size: int  # FSCDP: this round's Poisson sample size (never sent)
+    steps: int  # optimizer steps taken locally (FPDP: what the ledger was charged)
+    sample_rate: float
+
+
+def noise_std(plan: FederationPlan) -> float:
+    """Each hospital's share of the FSCDP noise: sigma * C / sqrt(m)."""
+    return float(plan.noise_multiplier) * float(plan.max_grad_norm) / math.sqrt(plan.threshold)
+
+
+def fscdp_step(
+    model: nn.Module,
+    layout: ParameterLayout,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    spec: Preprocessing,
+    plan: FederationPlan,
+    *,
+    generator: torch.Generator | None = None,
+) -> LocalResult:
+    from core.privacy.dpsgd import add_gaussian_noise, clipped_gradient_sum, poisson_sample
+
+    generator = generator or secure_generator()
+    indices = poisson_sample(images.shape[0], float(plan.sample_rate), generator=generator)
+    loss = float("nan")
+    if len(indices) > 0:
+        batch = images[indices]
+        flip = torch.rand(batch.shape[0], generator=generator) < 0.5  # fundus: left/right eyes mirror
+        if bool(flip.any()):
+            batch = batch.clone()
+            batch[flip] = batch[flip].flip(-1)
+        x = normalize(batch, spec)
+        y = labels[indices]
+        model.train()
+        grads = clipped_gradient_sum(model, x, y, max_grad_norm=float(plan.max_grad_norm))
+        with torch.no_grad():
+            model.eval()
+            loss = float(nn.functional.cross_entropy(model(x), y))
+    else:
+        # Nobody sampled: the sum is zero, but the noise must still be added (and charged).
+        grads = {name: torch.zeros(shape) for name, shape in layout.shapes.items()}
+    noised = add_gaussian_noise(grads, noise_std(plan), generator=generator)
+    return LocalResult(vector=layout.flatten(noised), loss=loss, batch_size=int(len(indices)), steps=1,
+                       sample_rate=float(plan.sample_rate))
+
+
+def train_delta(
+    model: nn.Module,
+    layout: ParameterLayout,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    spec: Preprocessing,
+    plan: FederationPlan,
+    *,
+    on_step: Callable[[int, float], None] | None = None,
+    cancel: CancelToken = NEVER_CANCELLED,
+) -> LocalResult:
+    """F / FPDP: train a copy of the global model locally and return (trained - global)."""
+    from core.training.loop import DPSettings, train_local
+
+    before = layout.flatten(dict(model.named_parameters()))
+    dp = None
+    if plan.mode == "fpdp":
+        dp = DPSettings(noise_multiplier=float(plan.noise_multiplier), max_grad_norm=float(plan.max_grad_norm))
+    stats = train_local(
+        model, images, labels, spec, epochs=int(plan.local_epochs), batch_size=int(plan.batch_size), lr=plan.lr,
+        momentum=plan.momentum, dp=dp, seed=int.from_bytes(os.urandom(4), "little"), on_step=on_step, cancel=cancel,
+    )
+    after = layout.flatten(dict(model.named_parameters()))
+    return LocalResult(vector=after - before, loss=stats.mean_loss, batch_size=int(plan.batch_size),
+                       steps=stats.steps, sample_rate=stats.sample_rate)
+
+
+def clip_l2(vector: np.ndarray, bound: float) -> np.ndarray:
+    """Scale ``vector`` down to L2 norm ``bound`` if it is longer (secure aggregation's range)."""
+    norm = float(np.linalg.norm(vector))
+    return vector * (bound / norm) if norm > bound else vector

@@ -1,0 +1,197 @@
+"""The federation plan: every setting all parties must agree on, hashed so nobody trains on another.
+
+The plan travels in every invitation; a hospital compares the hash the coordinator serves with the
+one in its invitation before sending anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.config import from_dict, load_toml, save_toml, to_dict
+from core.errors import ConfigError
+
+MODES = ("f", "fpdp", "fscdp")
+MODE_NAMES = {
+    "f": "F (federated averaging, no differential privacy)",
+    "fpdp": "FPDP (local DP-SGD at each hospital, noised model deltas)",
+    "fscdp": "FSCDP (Dopamine: one DP-SGD step per round, secure aggregation)",
+}
+DEFAULT_CLASSES = ["No DR", "Mild", "Moderate", "Severe", "Proliferative DR"]
+
+
+def default_threshold(hospitals: int) -> int:
+    """About two thirds of the hospitals, at least 2: with 3 or more hospitals one may drop out."""
+    if hospitals <= 1:
+        return 1
+    return max(2, math.ceil(2 * hospitals / 3))
+
+
+@dataclass
+class FederationPlan:
+    """What every hospital signs up for. Values not used by a mode are None (and not hashed)."""
+
+    name: str
+    federation_id: str
+    mode: str
+    rounds: int
+    hospitals: int
+    threshold: int
+    model: str = "small_cnn"
+    classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
+    image_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.9
+    # The coordinator's optimizer, applied to the aggregate (FSCDP: the averaged noisy gradient;
+    # F/FPDP: minus the averaged model delta, so server_lr=1, momentum=0 is plain FedAvg).
+    server_lr: float = 1.0
+    server_momentum: float = 0.0
+    delta: float | None = None
+    accountant: str = "rdp"
+    noise_multiplier: float | None = None
+    max_grad_norm: float | None = None
+    sample_rate: float | None = None
+    batch_size: int | None = None
+    local_epochs: int | None = None
+    secagg: bool = False
+    # F/FPDP with secure aggregation: each (image-count weighted) delta is clipped to this L2 norm so
+    # its fixed-point encoding cannot wrap around.
+    update_bound: float | None = None
+    seed: int = 0
+    schema_version: int = 1
+
+    def validate(self) -> None:
+        def need(condition: bool, message: str) -> None:
+            if not condition:
+                raise ConfigError(message)
+
+        need(self.mode in MODES, f"Unknown federation mode {self.mode!r}; choose one of f, fpdp, fscdp.")
+        need(bool(self.name.strip()), "The federation needs a name (--name).")
+        need(self.rounds >= 1, "A federation needs at least one round (--rounds).")
+        need(self.hospitals >= 1, "A federation needs at least one hospital (--hospitals).")
+        need(1 <= self.threshold <= self.hospitals,
+             f"The threshold must be between 1 and the number of hospitals ({self.hospitals}).")
+        need(self.image_size >= 16, "The image size must be at least 16 pixels.")
+        need(len(self.classes) >= 2, "A model needs at least 2 classes.")
+        need(self.lr > 0 and self.server_lr > 0, "Learning rates must be positive.")
+        need(0 <= self.momentum < 1 and 0 <= self.server_momentum < 1, "Momentum must be in [0, 1).")
+        need(self.accountant in ("rdp", "prv"), "The accountant must be rdp or prv.")
+        if self.mode == "fscdp":
+            need(self.secagg, "FSCDP (Dopamine) needs secure aggregation.")
+            need(self.sample_rate is not None and 0 < self.sample_rate <= 1,
+                 "FSCDP needs a sample rate q in (0, 1] (--sample-rate).")
+            need(self.batch_size is None, "FSCDP uses --sample-rate, not --batch-size.")
+        else:
+            need(self.batch_size is not None and self.batch_size >= 1,
+                 "F and FPDP need a local batch size (--batch-size).")
+            need(self.local_epochs is not None and self.local_epochs >= 1,
+                 "F and FPDP need at least one local epoch (--local-epochs).")
+            need(self.sample_rate is None, "F and FPDP use --batch-size, not --sample-rate.")
+            if self.secagg:
+                need(self.update_bound is not None and self.update_bound > 0,
+                     "Secure aggregation in F/FPDP needs a positive update bound.")
+        if self.mode in ("fpdp", "fscdp"):
+            need(self.noise_multiplier is not None and self.noise_multiplier > 0,
+                 "This mode needs a positive noise multiplier (--noise-multiplier).")
+            need(self.max_grad_norm is not None and self.max_grad_norm > 0,
+                 "This mode needs a positive clipping norm (--max-grad-norm).")
+            need(self.delta is not None and 0 < self.delta < 1, "This mode needs delta in (0, 1) (--delta).")
+        else:
+            need(self.noise_multiplier is None, "Mode F adds no noise; drop --noise-multiplier or use fpdp.")
+        if self.secagg:
+            need(self.threshold >= 2 and self.hospitals >= 2,
+                 "Secure aggregation needs at least 2 hospitals and a threshold of at least 2.")
+
+    @property
+    def is_private(self) -> bool:
+        return self.mode in ("fpdp", "fscdp")
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FederationPlan:
+        plan = from_dict(cls, data)
+        plan.validate()
+        return plan
+
+    def summary_lines(self) -> list[str]:
+        lines = [
+            f"Federation: {self.name} ({self.federation_id})",
+            f"Mode: {MODE_NAMES[self.mode]}",
+            f"Model: {self.model} at {self.image_size} px, {len(self.classes)} classes",
+            f"Rounds: {self.rounds}; hospitals: {self.hospitals}; threshold m = {self.threshold}",
+            f"Secure aggregation: {'yes' if self.secagg else 'no'}",
+        ]
+        if self.mode == "fscdp":
+            lines.append(f"One DP-SGD step per round: sample rate q = {self.sample_rate:g}, "
+                         f"noise multiplier sigma = {self.noise_multiplier:g}, clipping C = {self.max_grad_norm:g}, "
+                         f"each hospital adds noise std sigma*C/sqrt(m) = "
+                         f"{self.noise_multiplier * self.max_grad_norm / math.sqrt(self.threshold):.4g}")
+            lines.append(f"Server optimizer: SGD lr {self.server_lr:g}, momentum {self.server_momentum:g}")
+        else:
+            lines.append(f"Local training per round: {self.local_epochs} epoch(s), batch {self.batch_size}, "
+                         f"lr {self.lr:g}, momentum {self.momentum:g}")
+            if self.mode == "fpdp":
+                lines.append(f"Local DP-SGD: noise multiplier sigma = {self.noise_multiplier:g}, "
+                             f"clipping C = {self.max_grad_norm:g}")
+        if self.is_private:
+            lines.append(f"Privacy accounting: {self.accountant.upper()}, delta = {self.delta:g}")
+        return lines
+
+
+def plan_hash(plan: FederationPlan) -> str:
+    """SHA-256 (hex) of the plan's canonical JSON."""
+    canonical = json.dumps(plan.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def save_plan(plan: FederationPlan, path: Path) -> None:
+    plan.validate()
+    save_toml(plan, path)
+
+
+def load_plan(path: Path) -> FederationPlan:
+    plan = load_toml(FederationPlan, path)
+    plan.validate()
+    return plan
+
+
+def hospital_privacy_cost(plan: FederationPlan, num_images: int) -> tuple[float, float, int]:
+    """(noise multiplier, sample rate, steps) this hospital's ledger is charged for the whole plan.
+
+    FSCDP: one step per round at the plan's q. FPDP: every local DP-SGD step of every round, at the
+    rate train_local uses (1 / batches per epoch). F: no privacy cost, (0, 0, 0).
+    """
+    if plan.mode == "fscdp":
+        return float(plan.noise_multiplier), float(plan.sample_rate), plan.rounds
+    if plan.mode == "fpdp":
+        steps, rate = fpdp_round_cost(plan, num_images)
+        return float(plan.noise_multiplier), rate, steps * plan.rounds
+    return 0.0, 0.0, 0
+
+
+def fpdp_round_cost(plan: FederationPlan, num_images: int) -> tuple[int, float]:
+    """(steps, sample rate) of one FPDP round of local DP-SGD for a hospital with ``num_images``."""
+    per_epoch = max(1, math.ceil(num_images / int(plan.batch_size)))
+    return per_epoch * int(plan.local_epochs), 1.0 / per_epoch
+
+
+def plan_cost(plan: FederationPlan, num_images: int, accountant: str | None = None) -> float:
+    """Epsilon this plan costs a hospital with ``num_images`` images if it takes part in every round.
+
+    0.0 for mode F (no differential privacy: the updates themselves are not protected).
+    """
+    noise, rate, steps = hospital_privacy_cost(plan, num_images)
+    if steps == 0:
+        return 0.0
+    from core.privacy.accountant import compute_epsilon
+
+    return compute_epsilon(
+        sample_rate=rate, noise_multiplier=noise, steps=steps, delta=float(plan.delta),
+        accountant=accountant or plan.accountant,
+    )

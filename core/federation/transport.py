@@ -1,0 +1,197 @@
+"""The hospital's HTTPS connection to its coordinator: pinned CA, signed requests, retries.
+
+Only the federation CA from the invitation is trusted (``verify=<ca file>`` on every request, and
+``trust_env`` off so REQUESTS_CA_BUNDLE or proxy variables cannot widen it). Plain HTTP and
+redirects are refused. Transient failures (connection errors, timeouts, 5xx, 429) are retried with
+jittered exponential backoff, waiting on the job's CancelToken; a 4xx is final and raises
+FederationError with the coordinator's one-line reason. Every request with a body is written to
+the audit log before it is sent.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import requests
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from core.errors import FederationError, NetworkError
+from core.federation.audit import AuditLog
+from core.federation.auth import sign_request
+from core.federation.invitation import check_https_url
+from core.jobs import NEVER_CANCELLED, CancelToken
+
+RETRY_STATUSES = {429, 500, 502, 503, 504}
+
+
+class RequestFailure(FederationError):
+    """A final (4xx) answer from the coordinator; ``detail`` is its one-line reason."""
+
+    def __init__(self, status: int, detail: str, code: str = "") -> None:
+        super().__init__(f"The coordinator refused the request ({status}): {detail}")
+        self.status = status
+        self.detail = detail
+        self.code = code
+
+
+def _is_certificate_error(exc: BaseException) -> bool:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return True
+        if isinstance(exc, requests.exceptions.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__ or (exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None)
+    return False
+
+
+class CoordinatorConnection:
+    def __init__(
+        self,
+        url: str,
+        ca_file: Path,
+        *,
+        federation_id: str,
+        hospital_id: str,
+        key: Ed25519PrivateKey,
+        audit: AuditLog | None = None,
+        cancel: CancelToken = NEVER_CANCELLED,
+        on_retry: Callable[[str], None] | None = None,
+        connect_timeout_s: float = 10.0,
+        read_timeout_s: float = 120.0,
+        max_backoff_s: float = 30.0,
+        give_up_after_s: float | None = None,
+    ) -> None:
+        self.url = check_https_url(url)
+        self.ca_file = str(ca_file)
+        self.federation_id = federation_id
+        self.hospital_id = hospital_id
+        self.key = key
+        self.audit = audit
+        self.cancel = cancel
+        self.on_retry = on_retry
+        self.timeout = (connect_timeout_s, read_timeout_s)
+        self.max_backoff_s = max_backoff_s
+        self.give_up_after_s = give_up_after_s
+        self.bytes_sent = 0
+        self.session = requests.Session()
+        self.session.trust_env = False  # never the machine's CA bundle or proxies
+        self.session.verify = self.ca_file
+        adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=2, max_retries=0)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", _RefuseHttp())
+
+    def close(self) -> None:
+        self.session.close()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: bytes = b"",
+        params: dict | None = None,
+        what: str = "",
+        round: int | None = None,
+        phase: str = "",
+        read_timeout_s: float | None = None,
+        retry: bool = True,
+        key: Ed25519PrivateKey | None = None,
+        content_type: str = "application/octet-stream",
+        accept_duplicate: bool = False,
+    ) -> requests.Response:
+        """Send one signed request, retrying transient failures until it succeeds or is cancelled."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            self.cancel.check()
+            prepared = self.session.prepare_request(
+                requests.Request(method, self.url + path, params=params, data=body or None,
+                                 headers={"Content-Type": content_type} if body else {})
+            )
+            prepared.headers.update(sign_request(
+                key or self.key, method=method, path=prepared.path_url, body=body, hospital_id=self.hospital_id,
+                federation_id=self.federation_id))
+            if body and self.audit is not None:
+                self.audit.append(what=what or path, payload=body, round=round, phase=phase,
+                                  destination=f"{method} {path}")
+            timeout = (self.timeout[0], read_timeout_s or self.timeout[1])
+            try:
+                response = self.session.send(prepared, verify=self.ca_file, timeout=timeout, allow_redirects=False)
+            except requests.exceptions.SSLError as exc:
+                if _is_certificate_error(exc):
+                    raise NetworkError(
+                        f"The server at {self.url} did not present a certificate signed by this federation's CA; "
+                        "refusing to talk to it (wrong address or an impostor) - check the invitation."
+                    ) from exc
+                problem = f"TLS error talking to {self.url}: {exc.__class__.__name__}"
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+                problem = f"cannot reach the coordinator at {self.url} ({exc.__class__.__name__})"
+            else:
+                if body:
+                    self.bytes_sent += len(body)
+                if 300 <= response.status_code < 400:
+                    raise NetworkError(f"The coordinator answered with a redirect ({response.status_code}); refusing to follow it.")
+                if response.status_code < 300:
+                    return response
+                detail, code = _detail(response)
+                if accept_duplicate and attempt > 0 and code == "duplicate":
+                    return response  # an earlier try of this very request got through
+                if response.status_code not in RETRY_STATUSES:
+                    raise RequestFailure(response.status_code, detail, code)
+                problem = f"the coordinator is busy or failing ({response.status_code}: {detail})"
+            if not retry:
+                raise NetworkError(f"{problem}; try again later.")
+            waited = time.monotonic() - started
+            if self.give_up_after_s is not None and waited > self.give_up_after_s:
+                raise NetworkError(f"{problem}; gave up after {waited:.0f} s - check the network and the coordinator.")
+            delay = min(self.max_backoff_s, 0.5 * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.5)
+            attempt += 1
+            if self.on_retry is not None:
+                self.on_retry(f"{problem}; retrying in {delay:.1f} s")
+            self.cancel.wait(delay)
+
+    def get_json(self, path: str, **kwargs) -> dict:
+        response = self.request("GET", path, **kwargs)
+        return _json(response)
+
+    def post_json(self, path: str, data: dict, **kwargs) -> dict:
+        body = json.dumps(data).encode()
+        return _json(self.request("POST", path, body=body, content_type="application/json", **kwargs))
+
+
+def _json(response: requests.Response) -> dict:
+    try:
+        data = response.json()
+    except ValueError as exc:
+        raise FederationError("The coordinator sent an answer that is not JSON; is the address right?") from exc
+    if not isinstance(data, dict):
+        raise FederationError("The coordinator sent an unexpected answer.")
+    return data
+
+
+def _detail(response: requests.Response) -> tuple[str, str]:
+    try:
+        data = response.json()
+        detail = data.get("detail", "")
+        if not isinstance(detail, str):
+            detail = json.dumps(detail)[:300]
+        return detail, str(data.get("code", "") or "")
+    except ValueError:
+        return response.text[:200] or response.reason, ""
+
+
+class _RefuseHttp(requests.adapters.BaseAdapter):
+    """Mounted for http:// so nothing ever goes out unencrypted, even by mistake."""
+
+    def send(self, request, **kwargs):
+        raise NetworkError("Refusing plain HTTP: Dopamine only talks to its coordinator over HTTPS.")
+
+    def close(self) -> None:
+        pass
