@@ -132,6 +132,11 @@ class SecAggClient:
         own = view.adverts.get(me)
         if own is None or (own.enc_public, own.mask_public) != (self._enc_public, self._mask_public):
             raise SecAggError("Refused the key roster: it does not hold this hospital's keys for the round.")
+        if len(view.ids) > self.params.encoding.max_hospitals():
+            raise SecAggError(
+                f"Refused the key roster: {len(view.ids)} hospitals could overflow this round's encoding "
+                f"(at most {self.params.encoding.max_hospitals()})."
+            )
         if len(view.ids) < self.params.threshold:
             raise SecAggAborted(
                 f"Secure aggregation aborted: only {len(view.ids)} hospitals joined the round, "

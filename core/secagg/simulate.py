@@ -108,10 +108,13 @@ def run_round(
 
     alive = present(drop_before_masking, alive)
     if pairwise_once:
-        rings = [
-            inputs[ids.index(h)] if encoded else encode(inputs[ids.index(h)], params.encoding)[0]
-            for h in alive
-        ]
+        rings = []
+        for hospital in alive:
+            vector = inputs[ids.index(hospital)]
+            if not encoded:
+                vector, clipped = encode(vector, params.encoding)
+                clients[hospital].clipped = clipped
+            rings.append(vector)
         masked_inputs = mask_together([clients[h] for h in alive], [bundles[h] for h in alive], rings)
     else:
         masked_inputs = [

@@ -143,3 +143,16 @@ def test_simulate_returns_the_float_sum_over_included_hospitals():
     assert sparse.shape == (20,)
     with pytest.raises(SecAggAborted):
         simulate(inputs, 4, drop_before_masking=[0, 1])
+
+
+def test_mask_input_clips_to_the_bound_and_counts(manual_round):
+    r = manual_round(k=3, threshold=2, length=4).advertise().share()
+    values = {"h000": [2.0, -3.0, 0.5, 0.0], "h001": [0.25, 0.0, 0.0, 1.0], "h002": [0.0, 0.0, -0.5, 9.0]}
+    for h, v in values.items():
+        r.server.receive_masked_input(r.clients[h].mask_input(r.bundles[h], np.array(v)))
+    assert [r.clients[h].clipped for h in values] == [2, 0, 1]
+    request = r.server.close_masking()
+    for h in values:
+        r.server.receive_unmask(r.clients[h].unmask(request))
+    total = r.server.finish().values
+    assert np.allclose(total, [1.25, -1.0, 0.0, 2.0], atol=1e-6)
