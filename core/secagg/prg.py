@@ -38,8 +38,8 @@ class MaskExpander:
         self.length = length
         nbytes = length * self.dtype.itemsize
         self._zeros = np.zeros(nbytes, np.uint8)  # calloc'd: costs no memory traffic
-        self._buffer = bytearray(nbytes + _AES_BLOCK)  # update_into wants one spare block
-        self._view = np.frombuffer(self._buffer, self.dtype, length)
+        self._buffer = np.empty(nbytes + _AES_BLOCK, np.uint8)  # update_into wants one spare block
+        self._view = self._buffer[:nbytes].view(self.dtype)
 
     def expand(self, seed: bytes) -> np.ndarray:
         """The mask for ``seed``, valid until the next call (a view of the shared buffer)."""

@@ -156,3 +156,22 @@ def test_mask_input_clips_to_the_bound_and_counts(manual_round):
         r.server.receive_unmask(r.clients[h].unmask(request))
     total = r.server.finish().values
     assert np.allclose(total, [1.25, -1.0, 0.0, 2.0], atol=1e-6)
+
+
+def test_mask_together_gives_each_hospital_exactly_its_own_masked_vector(manual_round):
+    from core.secagg.prg import MaskExpander
+    from core.secagg.simulate import mask_together
+
+    r = manual_round(k=5, threshold=3, length=64).advertise().share()
+    expected = {}
+    for h in r.ids:
+        plan = r.clients[h]._plan_masks(r.bundles[h], r.inputs[h])
+        alone = plan.ring.copy()
+        MaskExpander(64, np.uint32).apply(alone, plan.add, plan.subtract)
+        expected[h] = alone
+    together = mask_together(
+        [r.clients[h] for h in r.ids], [r.bundles[h] for h in r.ids], list(r.inputs.values())
+    )
+    for h, message in zip(r.ids, together, strict=True):
+        assert np.array_equal(message.vector, expected[h])
+        r.server.receive_masked_input(message)  # and each is validly signed
