@@ -75,6 +75,9 @@ the transport can answer 4xx and carry on. Every ``close_*``/``finish`` raises S
 Dropout semantics: a hospital that never sends its masked input is excluded from the sum; one
 that sent it and then vanished is included (its self mask is rebuilt from the others' shares).
 
+Every hospital message is signed with its Ed25519 identity key (a MaskedInput over the SHA-256
+of its vector), so the transport may log it as the hospital's own statement of what it sent.
+
 Messages (dataclasses; every one has ``round_id`` and ``sender``)::
 
     AdvertiseKeys, KeyRoster, EncryptedShares, ShareBundle, MaskedInput, UnmaskRequest,
@@ -93,7 +96,9 @@ In-memory driver (tests, benchmarks)::
              encoding=None, round_id=...) -> np.ndarray[float64]
         drops are hospital indices; every message travels through its wire bytes.
     run_round(params, inputs, *, encoded=False, drop_...=(), identity_keys=None,
-              on_upload=None) -> AggregateResult      # same, with your own RoundParams
+              on_upload=None, pairwise_once=True) -> AggregateResult   # your own RoundParams
+        pairwise_once expands each pair's mask once for both hospitals (same bytes as each
+        hospital's mask_encoded; only possible in one process).
 
 Security notes: the coordinator is assumed honest but curious (DESIGN.md section 7). Each
 hospital answers one unmasking request per round and refuses one that lists a peer as both
