@@ -165,6 +165,10 @@ def _open_csv(csv_path: Path, *, root: Path, image_dirs: list[tuple[Path, bool]]
                                   f"{csv_path.name} line {line}: no image file named {id_code}.* found"))
             continue
         first, *others = found
+        if first in used:  # e.g. rows "a" and "a.png" both name a.png
+            issues.append(Problem(id_code, "no_label",
+                                  f"{csv_path.name} line {line}: {first.name} is already labelled by another row"))
+            continue
         samples.append(Sample(first, label))
         used.add(first)
         for other in others:

@@ -120,10 +120,11 @@ def test_conflicting_rows_and_duplicate_ids(tmp_path, write_image):
     write_image(tmp_path / "imgs" / "a.jpg", fmt="JPEG")
     write_image(tmp_path / "imgs" / "b.png", seed=1)
     write_image(tmp_path / "imgs" / "c.png", seed=2)
-    (tmp_path / "l.csv").write_text("id_code,diagnosis\na,1\nb,1\nb,3\nc,0\n")
+    (tmp_path / "l.csv").write_text("id_code,diagnosis\na,1\nb,1\nb,3\nc,0\nc.png,1\n")
     dataset = open_dataset(tmp_path)
     assert {s.path.name for s in dataset.samples} == {"a.jpg", "c.png"}
-    assert kinds(dataset) == [("no_label", "a.png"), ("no_label", "b.png")]
+    assert [s.label for s in dataset.samples if s.path.name == "c.png"] == [0]
+    assert kinds(dataset) == [("no_label", "a.png"), ("no_label", "b.png"), ("no_label", "c.png")]
     assert any("different grades" in p.reason for p in dataset.issues)
 
 
