@@ -223,10 +223,10 @@ class MainWindow(QMainWindow):
         settings.window_state = bytes(self.saveState().toBase64().data()).decode()
 
     def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt override)
-        running = self.context.runner.active
-        if running and not confirm(
+        precious = [job for job in self.context.runner.active if job.precious]
+        if precious and not confirm(
             self, "Work is still running",
-            f"{len(running)} task(s) are still running (training or a federation). Quitting cancels "
+            f"{len(precious)} task(s) are still running (training or a federation). Quitting cancels "
             "them at the next safe point; nothing already charged to the privacy ledger is lost.",
             yes="Cancel them and quit",
         ):

@@ -36,9 +36,11 @@ class JobHandle(QObject):
     cancelled = Signal()
     finished = Signal()
 
-    def __init__(self, name: str, parent: QObject | None = None) -> None:
+    def __init__(self, name: str, parent: QObject | None = None, *, precious: bool = False) -> None:
         super().__init__(parent)
         self.name = name
+        # Precious jobs (training, a federation) are worth a question before the app quits.
+        self.precious = precious
         self.token = CancelToken()
         self.running = True
         self.result: Any = None
@@ -152,9 +154,10 @@ class JobRunner(QObject):
               on_error: Callable[[BaseException], None] | None = None,
               on_event: Callable[[Any], None] | None = None,
               on_cancelled: Callable[[], None] | None = None,
-              name: str = "", event_kwarg: str = "on_event", **kwargs: Any) -> JobHandle:
+              name: str = "", event_kwarg: str = "on_event", precious: bool = False,
+              **kwargs: Any) -> JobHandle:
         # No Qt parent: pages may keep a handle after the job ended, so Python owns its lifetime.
-        handle = JobHandle(name or getattr(fn, "__qualname__", "job"))
+        handle = JobHandle(name or getattr(fn, "__qualname__", "job"), precious=precious)
         if on_progress is not None:
             handle.progress.connect(on_progress)
         if on_event is not None:

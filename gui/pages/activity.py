@@ -154,8 +154,9 @@ class ActivityPage(Page):
                 "total. Nothing was edited, removed or reordered.", "ok")
         else:
             self.verdict.show_message(
-                f"<b>Chain BROKEN at line {v.broken_at_line}:</b> {v.reason}. The {v.entries} entries before "
-                "it are intact. Keep a copy of this file and tell your IT security team.", "error")
+                f"<b>Chain BROKEN at line {v.broken_at_line}:</b> {v.reason}. "
+                f"{v.entries} earlier entr{'y is' if v.entries == 1 else 'ies are'} intact. "
+                "Keep a copy of this file and tell your IT security team.", "error")
         self.table.setRowCount(len(view.entries))
         for row, entry in enumerate(view.entries):
             values = (str(entry.seq), entry.time[:19].replace("T", " "),

@@ -184,6 +184,9 @@ class DataPage(Page):
         self.balance_note.setText(note)
 
     def _show_problems(self, problems: list[Any]) -> None:
+        # Files that will be skipped first; "small but used" notes last (they can be many).
+        order = {kind: rank for rank, kind in enumerate(PROBLEM_WORDS)}
+        problems = sorted(problems, key=lambda p: (p.kind == "too_small", order.get(p.kind, 99)))
         self.problems.setRowCount(len(problems))
         for row, problem in enumerate(problems):
             name = QTableWidgetItem(Path(problem.path).name)

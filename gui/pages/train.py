@@ -288,7 +288,7 @@ class TrainPage(Page):
         self.status.show_message(f"Training {self.model.currentText().split(' (')[0]} on {config.data}. "
                                  "The window stays usable; Cancel stops at the next batch.", "info")
         self.job = self.context.runner.start(
-            run, config, name="local training", on_event=self.add_epoch, event_kwarg="on_epoch",
+            run, config, name="local training", on_event=self.add_epoch, event_kwarg="on_epoch", precious=True,
             on_done=self.show_result, on_error=self._failed, on_cancelled=self._cancelled)
         self.job.finished.connect(self._ended)
         self.progress.bind(self.job, "Preparing…")

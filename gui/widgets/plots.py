@@ -5,6 +5,7 @@ from __future__ import annotations
 import weakref
 
 import pyqtgraph as pg
+import shiboken6
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QWidget
 
@@ -21,7 +22,10 @@ def restyle_all(theme: str) -> None:
     global _current
     _current = colors(theme)
     for plot in list(_plots):
-        plot.restyle(_current)
+        if shiboken6.isValid(plot):  # a closed window's plots may outlive their C++ side
+            plot.restyle(_current)
+        else:
+            _plots.discard(plot)
 
 
 class _ThemedPlot(pg.PlotWidget):

@@ -1,4 +1,4 @@
-"""GUI test fixtures: a fresh main window per test, tiny image folders, job waiting."""
+"""GUI test fixtures: a fresh main window per test and tiny image folders."""
 
 from __future__ import annotations
 
@@ -32,6 +32,12 @@ def image_folder(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def make_image_folder():
+    """The folder writer itself, for tests that need other sizes (conftest cannot be imported)."""
+    return write_image_folder
+
+
+@pytest.fixture
 def window(qtbot):
     from gui.app import application, create_window
 
@@ -44,8 +50,3 @@ def window(qtbot):
     runner = win.context.runner
     runner.cancel_all()
     assert runner.wait_all(60000), "a background job did not stop after cancel"
-
-
-def wait_for_job(qtbot, handle, timeout: int = 60000) -> None:
-    """Wait until a JobHandle finished and its queued signals were delivered."""
-    qtbot.waitUntil(lambda: not handle.running, timeout=timeout)
