@@ -158,7 +158,7 @@ class _Masks:
 
     def array(self, name: str, blur: float = 0.0) -> np.ndarray | None:
         layer = self._layers.get(name)
-        if layer is None:
+        if layer is None or layer.getbbox() is None:  # nothing drawn: skip the work
             return None
         small = layer.reduce(self.scale)
         if blur > 0:
@@ -331,13 +331,13 @@ def _draw_lesions(masks: _Masks, eye: _Eye, grade: int, rng: np.random.Generator
 # --- the photograph ---------------------------------------------------------------------------------
 
 _LAYERS = (  # (mask, dark|pale, per-channel darkening or pale colour, blur px at 256, pale opacity)
-    ("veins", "dark", (0.4, 0.62, 0.58), 0.3, 0.0),
-    ("arteries", "dark", (0.18, 0.4, 0.36), 0.3, 0.0),
+    ("veins", "dark", (0.4, 0.62, 0.58), 0.0, 0.0),
+    ("arteries", "dark", (0.18, 0.4, 0.36), 0.0, 0.0),
     ("fibrous", "pale", (0.92, 0.86, 0.8), 3.0, 0.55),
-    ("microaneurysms", "dark", (0.5, 0.75, 0.7), 0.25, 0.0),
+    ("microaneurysms", "dark", (0.5, 0.75, 0.7), 0.0, 0.0),
     ("haemorrhages", "dark", (0.5, 0.75, 0.7), 0.5, 0.0),
     ("neovascular", "dark", (0.35, 0.65, 0.6), 0.0, 0.0),
-    ("exudates", "pale", (1.0, 0.88, 0.35), 0.3, 0.85),
+    ("exudates", "pale", (1.0, 0.88, 0.35), 0.0, 0.85),
     ("cotton_wool", "pale", (0.96, 0.9, 0.78), 1.6, 0.7),
     ("preretinal", "dark", (0.6, 0.82, 0.78), 1.2, 0.0),
 )
