@@ -66,3 +66,7 @@ class NetworkError(FederationError):
 
 class InferenceError(DopamineError):
     """A prediction could not be made."""
+
+
+class KeyFileError(DopamineError):
+    """A signing key file is missing, unreadable or not an Ed25519 private key."""
