@@ -13,8 +13,9 @@ from core.jobs import ProgressFn
 
 @contextmanager
 def progress_bar(description: str, *, enabled: bool = True) -> Iterator[ProgressFn]:
-    """Yield a ProgressFn drawing a bar on stderr; silent when disabled (e.g. with --json)."""
-    if not enabled:
+    """Yield a ProgressFn drawing a bar on stderr; silent when disabled (e.g. with --json) or when
+    stderr is not a terminal (logs and pipes get the one-line results only)."""
+    if not enabled or not sys.stderr.isatty():
         yield lambda fraction, message: None
         return
     bar = tqdm(total=1000, desc=description, file=sys.stderr, leave=False,
