@@ -1,0 +1,191 @@
+"""Open a signed model package and predict on single images.
+
+The preprocessing is the training preprocessing itself (core.data.preprocess with the card's
+preprocessing dict), so a prediction here is exactly what the model saw during evaluation.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from core.data import DR_CLASSES, Preprocessing, load_image, preprocess, resize_crop
+from core.errors import InferenceError, ModelError, ModelPackageError
+from core.inference.saliency import Saliency, compute_saliency
+from core.models.package import ModelCard, ModelPackage, load_model, read_package
+
+REFERABLE_DR_MIN_GRADE = 2
+"""Moderate NPDR or worse is referable diabetic retinopathy (the usual screening threshold)."""
+
+
+@dataclass
+class Prediction:
+    """One image's result. ``signature_verified`` is False for a model opened despite a bad signature."""
+
+    file: str
+    predicted_index: int
+    predicted_class: str
+    probabilities: dict[str, float]
+    model_sha256: str
+    signature_verified: bool
+    referable_dr_probability: float | None = None
+    """P(grade >= 2) for diabetic-retinopathy models, else None."""
+
+    @property
+    def referable_dr(self) -> bool | None:
+        """Referable when the model puts at least half of its probability on grade 2 or more."""
+        if self.referable_dr_probability is None:
+            return None
+        return self.referable_dr_probability >= 0.5
+
+    def to_dict(self) -> dict:
+        """The JSON form printed by ``dopamine predict --json``."""
+        out = {
+            "file": self.file,
+            "predicted_class": self.predicted_class,
+            "probabilities": dict(self.probabilities),
+            "model_sha256": self.model_sha256,
+            "signature_verified": self.signature_verified,
+        }
+        if self.referable_dr_probability is not None:
+            out["referable_dr_probability"] = self.referable_dr_probability
+            out["referable_dr"] = self.referable_dr
+        return out
+
+
+def is_dr_model(classes: list[str]) -> bool:
+    """A five-grade diabetic-retinopathy model, whose classes are the DR grades in order."""
+    return list(classes) == list(DR_CLASSES)
+
+
+@dataclass
+class Predictor:
+    """A loaded model ready to predict. Thread-safe: one forward or saliency pass at a time, because
+    Grad-CAM attaches hooks to the shared model."""
+
+    package: ModelPackage
+    model: torch.nn.Module
+    spec: Preprocessing
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def card(self) -> ModelCard:
+        return self.package.card
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.package.card.classes)
+
+    @property
+    def sha256(self) -> str:
+        return self.package.sha256
+
+    @property
+    def signature_verified(self) -> bool:
+        return bool(self.package.signature_ok)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.package.path)
+
+    def input_tensor(self, image: Image.Image) -> torch.Tensor:
+        """The float32 [1, 3, S, S] batch the model sees for ``image`` (training preprocessing)."""
+        return preprocess(image.convert("RGB"), self.spec).unsqueeze(0)
+
+    def model_view(self, image: Image.Image) -> Image.Image:
+        """The resized, center-cropped picture the model sees, before normalization (for overlays)."""
+        pixels = resize_crop(image.convert("RGB"), self.spec)
+        return Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy())
+
+    def crop_box(self, image_size: tuple[int, int]) -> tuple[float, float, float, float]:
+        """(left, top, width, height) of the region the model sees, in the original image's pixels.
+
+        Mirrors core.data.resize_crop (short side resized, then a center crop), so a heatmap can be
+        drawn over the full-resolution image in the viewer.
+        """
+        width, height = image_size
+        size = self.spec.size
+        scale = self.spec.resize_to / min(width, height)
+        resized_w = max(size, round(width * scale))
+        resized_h = max(size, round(height * scale))
+        left = int(round((resized_w - size) / 2.0))
+        top = int(round((resized_h - size) / 2.0))
+        sx, sy = width / resized_w, height / resized_h
+        return left * sx, top * sy, size * sx, size * sy
+
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Softmax probabilities [N, C] for a preprocessed batch."""
+        with self._lock, torch.inference_mode():
+            logits = self.model(batch)
+        if logits.ndim != 2 or logits.shape[1] != len(self.classes):
+            raise InferenceError(
+                f"{self.path.name}: the model gives {tuple(logits.shape)} outputs for "
+                f"{len(self.classes)} classes; the package is inconsistent, ask its author for a new one."
+            )
+        return torch.softmax(logits.float(), dim=1)
+
+    def predict_image(self, image: Image.Image, *, file: str = "") -> Prediction:
+        """Predict one decoded image."""
+        probs = self.probabilities(self.input_tensor(image))[0]
+        return self._prediction(file, probs.numpy())
+
+    def predict_file(self, path: Path) -> Prediction:
+        """Decode (PNG, JPEG, DICOM, ...) and predict; DataError for unreadable files."""
+        return self.predict_image(load_image(Path(path)), file=str(path))
+
+    def _prediction(self, file: str, probs: np.ndarray) -> Prediction:
+        index = int(np.argmax(probs))
+        classes = self.classes
+        referable = None
+        if is_dr_model(classes):
+            referable = float(probs[REFERABLE_DR_MIN_GRADE:].sum())
+        return Prediction(
+            file=file,
+            predicted_index=index,
+            predicted_class=classes[index],
+            probabilities={name: float(p) for name, p in zip(classes, probs, strict=True)},
+            model_sha256=self.sha256,
+            signature_verified=self.signature_verified,
+            referable_dr_probability=referable,
+        )
+
+    def saliency(self, image: Image.Image, *, target_index: int | None = None) -> Saliency:
+        """Where the model looked for ``target_index`` (default: its predicted class); see core.inference.saliency."""
+        batch = self.input_tensor(image)
+        with self._lock:
+            return compute_saliency(self.model, batch, target_index=target_index)
+
+
+def open_model(
+    path: Path,
+    *,
+    allow_unverified: bool = False,
+    trusted_keys: Iterable[bytes] | None = None,
+) -> Predictor:
+    """Read, verify and load a .dpm package.
+
+    A package whose signature does not verify raises SignatureError unless ``allow_unverified``; then
+    it is loaded with ``signature_verified`` False and every Prediction it makes says so.
+    """
+    path = Path(path)
+    package = read_package(path, require_signature=not allow_unverified, trusted_keys=trusted_keys)
+    try:
+        spec = Preprocessing.from_dict(dict(package.card.preprocessing))
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ModelPackageError(
+            f"{path.name}: the model card's preprocessing is invalid ({exc}); ask its author for a new package."
+        ) from exc
+    if not package.card.classes:
+        raise ModelPackageError(f"{path.name}: the model card lists no classes; ask its author for a new package.")
+    try:
+        model = load_model(package)
+    except ModelError as exc:
+        raise ModelPackageError(f"{path.name}: {exc}") from exc
+    model.eval()
+    return Predictor(package=package, model=model, spec=spec)

@@ -1,0 +1,130 @@
+"""Batch results as a CSV file and a self-contained HTML report (no scripts, images inlined as base64)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core import __version__
+from core.config import atomic_write_bytes
+from core.inference.card import card_fields
+
+if TYPE_CHECKING:
+    from core.inference.batch import BatchResult
+    from core.models.package import ModelPackage
+
+# Spreadsheet programs run cells starting with these as formulas (CSV injection): such a cell is
+# prefixed with an apostrophe, which they display as text.
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(text: str) -> str:
+    return "'" + text if text.startswith(_FORMULA_PREFIXES) else text
+
+
+def csv_columns(classes: list[str]) -> list[str]:
+    return ["file", "predicted_class", *(f"p_{name}" for name in classes), "referable_dr_probability",
+            "model_sha256", "signature_verified", "error"]
+
+
+def csv_text(result: BatchResult) -> str:
+    """One row per file: failures keep their row, with the reason in ``error``."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([_cell(c) for c in csv_columns(result.classes)])
+    for item in result.items:
+        p = item.prediction
+        if p is None:
+            probabilities = [""] * len(result.classes)
+            row = [item.file, "", *probabilities, "", result.model_sha256, result.signature_verified, item.error]
+        else:
+            probabilities = [f"{p.probabilities[name]:.6f}" for name in result.classes]
+            referable = "" if p.referable_dr_probability is None else f"{p.referable_dr_probability:.6f}"
+            row = [p.file, p.predicted_class, *probabilities, referable, p.model_sha256, p.signature_verified, ""]
+        writer.writerow([_cell(str(v).lower() if isinstance(v, bool) else str(v)) for v in row])
+    return buffer.getvalue()
+
+
+def write_csv(path: Path, result: BatchResult) -> None:
+    atomic_write_bytes(Path(path), csv_text(result).encode("utf-8"))
+
+
+def _data_uri(jpeg: bytes | None) -> str:
+    if not jpeg:
+        return ""
+    return f'<img alt="" src="data:image/jpeg;base64,{base64.b64encode(jpeg).decode("ascii")}">'
+
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;color:#1c2330}
+h1{font-size:1.4em} table{border-collapse:collapse;margin:1em 0} td,th{border:1px solid #ccd;padding:4px 8px;
+vertical-align:top;text-align:left} th{background:#eef1f6} .warn{background:#fde2e1;border:2px solid #c62828;
+padding:0.8em;font-weight:bold;color:#8e1b1b} .ok{color:#1b5e20} .bar{background:#dde3ec;width:120px;height:10px;
+display:inline-block;margin-right:6px} .bar span{background:#3867d6;height:10px;display:block}
+.file{font-family:monospace;word-break:break-all;max-width:28em} .small{color:#5a6475;font-size:0.85em}
+"""
+
+
+def html_text(result: BatchResult, package: ModelPackage) -> str:
+    esc = html.escape
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        # Nothing in the report may load or run anything: images are inline data, styles are inline.
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
+        "style-src 'unsafe-inline'\">",
+        f"<title>Dopamine predictions - {esc(Path(result.model_path).name)}</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        f"<h1>Predictions with {esc(Path(result.model_path).name)}</h1>",
+    ]
+    if not result.signature_verified:
+        parts.append('<p class="warn">UNVERIFIED MODEL: its signature does not verify. The file may have been '
+                     "changed after signing. Do not use these results for patient care.</p>")
+    done, failed = len(result.predictions), len(result.failures)
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    parts.append(f'<p>{done} image(s) predicted, {failed} could not be read. Generated {esc(generated)} by '
+                 f"Dopamine {esc(__version__)}. Decision support only: a clinician makes the diagnosis.</p>")
+    parts.append("<h2>Model</h2><table>")
+    for label, value in card_fields(package):
+        parts.append(f"<tr><th>{esc(label)}</th><td>{esc(value)}</td></tr>")
+    parts.append("</table>")
+
+    if result.predictions:
+        dr = any(p.referable_dr_probability is not None for p in result.predictions)
+        header = "<tr><th>Image</th><th>Heatmap</th><th>File</th><th>Prediction</th><th>Probabilities</th>"
+        parts.append("<h2>Results</h2><table>" + header + ("<th>Referable DR</th>" if dr else "") + "</tr>")
+        for item in result.items:
+            p = item.prediction
+            if p is None:
+                continue
+            bars = "".join(
+                f'<div><span class="bar"><span style="width:{100 * prob:.1f}%"></span></span>'
+                f"{esc(name)}: {100 * prob:.1f}%</div>"
+                for name, prob in p.probabilities.items()
+            )
+            method = f'<div class="small">{esc(item.saliency_method)}</div>' if item.saliency_method else ""
+            row = (f"<tr><td>{_data_uri(item.thumbnail_jpeg)}</td><td>{_data_uri(item.heatmap_jpeg)}{method}</td>"
+                   f'<td class="file">{esc(p.file)}</td><td><b>{esc(p.predicted_class)}</b></td><td>{bars}</td>')
+            if dr:
+                referable = p.referable_dr_probability or 0.0
+                verdict = "Refer" if p.referable_dr else "No referral"
+                row += f"<td>{verdict} ({100 * referable:.1f}%)</td>"
+            parts.append(row + "</tr>")
+        parts.append("</table>")
+
+    if result.failures:
+        parts.append("<h2>Files that could not be read</h2><table><tr><th>File</th><th>Reason</th></tr>")
+        for item in result.failures:
+            parts.append(f'<tr><td class="file">{esc(item.file)}</td><td>{esc(item.error or "")}</td></tr>')
+        parts.append("</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_html(path: Path, result: BatchResult, package: ModelPackage) -> None:
+    atomic_write_bytes(Path(path), html_text(result, package).encode("utf-8"))
