@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `dopamine inspect DATA | head`): stop quietly, like other tools.
+        sys.stderr.close()
+        return 141
     except DopamineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
