@@ -1,0 +1,817 @@
+"""Viewer: diagnose images offline with a signed model package.
+
+Open or drop a model (.dpm), images, folders or DICOM files; zoom and pan; a saliency heatmap over the
+region the model sees; probability bars; the model card with its signature status; the DICOM header
+(non-identifying fields unless asked); batch runs with a results table and CSV/HTML export. Decoding,
+prediction, saliency and file writing all run on the JobRunner, never on the UI thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from PySide6.QtCore import QRectF, Qt, Signal
+from PySide6.QtGui import QImage, QKeyEvent, QPainter, QPixmap, QTransform, QWheelEvent
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QFileDialog,
+    QFormLayout,
+    QGraphicsPixmapItem,
+    QGraphicsScene,
+    QGraphicsView,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QProgressBar,
+    QScrollArea,
+    QSlider,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from core.errors import SignatureError
+from core.jobs import NEVER_CANCELLED, CancelToken
+from gui import dialogs
+from gui.context import AppContext
+from gui.widgets.common import Banner, button, label
+from gui.widgets.job_progress import JobProgress
+
+NAVIGATION_KEYS = {Qt.Key.Key_Left: -1, Qt.Key.Key_PageUp: -1, Qt.Key.Key_Right: 1, Qt.Key.Key_PageDown: 1}
+MIN_SCALE, MAX_SCALE = 0.02, 40.0
+MODEL_SUFFIX = ".dpm"
+
+
+def _qimage(image) -> QImage:
+    """A PIL image as a QImage that owns its pixels (QImage, unlike QPixmap, may be built off the UI thread)."""
+    rgb = image.convert("RGB")
+    data = rgb.tobytes()
+    return QImage(data, rgb.width, rgb.height, 3 * rgb.width, QImage.Format.Format_RGB888).copy()
+
+
+@dataclass
+class Analysis:
+    """Everything shown for one image; built on a worker thread."""
+
+    path: Path
+    image: QImage
+    image_size: tuple[int, int]
+    prediction: object | None = None  # core.inference.Prediction
+    saliency_method: str | None = None
+    heatmap: QImage | None = None
+    crop_box: tuple[float, float, float, float] | None = None
+    dicom: list[tuple[str, str]] | None = None
+
+
+def analyse(path: Path, predictor=None, *, saliency: bool = False, identifying: bool = False,
+            cancel: CancelToken = NEVER_CANCELLED) -> Analysis:
+    """Decode, predict and (optionally) explain one image. A worker job; ``cancel`` lets the page drop
+    the work for an image the user has already moved past."""
+    from core.data import load_image
+    from core.inference import dicom_metadata, is_dicom_path
+
+    cancel.check()
+    image = load_image(Path(path))
+    result = Analysis(path=Path(path), image=_qimage(image), image_size=image.size)
+    if is_dicom_path(Path(path)):
+        result.dicom = dicom_metadata(Path(path), identifying=identifying)
+    if predictor is not None:
+        cancel.check()
+        result.prediction = predictor.predict_image(image, file=str(path))
+        if saliency:
+            cancel.check()
+            result = add_saliency(result, predictor, image)
+    return result
+
+
+def add_saliency(result: Analysis, predictor, image=None) -> Analysis:
+    """``result`` plus its heatmap (decoding the image again if needed). A worker job: it returns a new
+    Analysis rather than changing the one the UI shows."""
+    from core.data import load_image
+    from core.inference import heatmap_image
+
+    if image is None:
+        image = load_image(result.path)
+    target = result.prediction.predicted_index if result.prediction is not None else None
+    saliency = predictor.saliency(image, target_index=target)
+    return replace(result, saliency_method=saliency.method, heatmap=_qimage(heatmap_image(saliency.heatmap)),
+                   crop_box=predictor.crop_box(image.size))
+
+
+def run_batch_job(predictor, inputs: list[Path], *, progress, cancel, on_event=None):
+    """Predict every image under ``inputs`` (thumbnails and heatmaps kept for the HTML export)."""
+    from core.errors import DataError
+    from core.inference import batch_result, find_images, predict_files
+
+    files = find_images(inputs)
+    if not files:
+        raise DataError("No images found there; choose a folder holding PNG, JPEG or DICOM images.")
+    items = predict_files(predictor, files, thumbnails=True, report_heatmaps=True, on_item=on_event,
+                          progress=progress, cancel=cancel)
+    return batch_result(predictor, items)
+
+
+class ImageView(QGraphicsView):
+    """Zoom (wheel, buttons) and pan (drag) over the image, with a heatmap layer over the model's crop."""
+
+    navigate = Signal(int)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("viewerImage")
+        self.setScene(QGraphicsScene(self))
+        self.image_item = QGraphicsPixmapItem()
+        self.image_item.setTransformationMode(Qt.TransformationMode.SmoothTransformation)
+        self.heat_item = QGraphicsPixmapItem()
+        self.heat_item.setTransformationMode(Qt.TransformationMode.SmoothTransformation)
+        self.heat_item.setZValue(1)
+        self.heat_item.setVisible(False)
+        self.scene().addItem(self.image_item)
+        self.scene().addItem(self.heat_item)
+        self.setDragMode(QGraphicsView.DragMode.ScrollHandDrag)
+        self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorUnderMouse)
+        self.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self.setMinimumSize(320, 280)
+        # Drops go to the page, which knows what to do with models, images and folders.
+        self.setAcceptDrops(False)
+        self.viewport().setAcceptDrops(False)
+        self._heat_wanted = False
+
+    @property
+    def zoom_factor(self) -> float:
+        return self.transform().m11()
+
+    def has_image(self) -> bool:
+        return not self.image_item.pixmap().isNull()
+
+    def set_image(self, image: QImage | None) -> None:
+        self.image_item.setPixmap(QPixmap.fromImage(image) if image is not None else QPixmap())
+        self.heat_item.setPixmap(QPixmap())
+        self.heat_item.setVisible(False)
+        self.scene().setSceneRect(self.image_item.boundingRect())
+        self.fit()
+
+    def set_heatmap(self, heatmap: QImage | None, box: tuple[float, float, float, float] | None) -> None:
+        if heatmap is None or box is None:
+            self.heat_item.setPixmap(QPixmap())
+            self.heat_item.setVisible(False)
+            return
+        left, top, width, height = box
+        self.heat_item.setPixmap(QPixmap.fromImage(heatmap))
+        self.heat_item.setTransform(QTransform.fromScale(width / heatmap.width(), height / heatmap.height()))
+        self.heat_item.setPos(left, top)
+        self.heat_item.setVisible(self._heat_wanted)
+
+    def set_heatmap_visible(self, visible: bool) -> None:
+        self._heat_wanted = visible
+        self.heat_item.setVisible(visible and not self.heat_item.pixmap().isNull())
+
+    def set_heatmap_opacity(self, opacity: float) -> None:
+        self.heat_item.setOpacity(max(0.0, min(1.0, opacity)))
+
+    def zoom(self, factor: float) -> None:
+        target = max(MIN_SCALE, min(MAX_SCALE, self.zoom_factor * factor))
+        step = target / self.zoom_factor
+        self.scale(step, step)
+
+    def zoom_in(self) -> None:
+        self.zoom(1.25)
+
+    def zoom_out(self) -> None:
+        self.zoom(0.8)
+
+    def actual_size(self) -> None:
+        self.setTransform(QTransform())
+
+    def fit(self) -> None:
+        if self.has_image():
+            self.fitInView(QRectF(self.image_item.boundingRect()), Qt.AspectRatioMode.KeepAspectRatio)
+
+    def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802 (Qt override)
+        steps = event.angleDelta().y() / 120.0
+        if steps:
+            self.zoom(1.25 ** steps)
+        event.accept()
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 (Qt override)
+        step = NAVIGATION_KEYS.get(Qt.Key(event.key()))
+        if step is not None and event.modifiers() == Qt.KeyboardModifier.NoModifier:
+            self.navigate.emit(step)
+            event.accept()
+            return
+        if event.key() in (Qt.Key.Key_Plus, Qt.Key.Key_Equal):
+            self.zoom_in()
+        elif event.key() == Qt.Key.Key_Minus:
+            self.zoom_out()
+        elif event.key() == Qt.Key.Key_0:
+            self.fit()
+        else:
+            super().keyPressEvent(event)
+
+
+class ProbabilityBars(QWidget):
+    """One labelled bar per class, rebuilt when the model changes."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._layout = QVBoxLayout(self)
+        self._layout.setContentsMargins(0, 0, 0, 0)
+        self.bars: dict[str, QProgressBar] = {}
+
+    def set_classes(self, classes: list[str]) -> None:
+        for bar in self.bars.values():
+            bar.deleteLater()
+        self.bars = {}
+        for name in classes:
+            bar = QProgressBar()
+            bar.setRange(0, 1000)
+            bar.setTextVisible(True)
+            bar.setObjectName("probabilityBar")
+            self.bars[name] = bar
+            self._layout.addWidget(bar)
+        self.clear()
+
+    def clear(self) -> None:
+        for name, bar in self.bars.items():
+            bar.setValue(0)
+            bar.setFormat(f"{name}: –")
+
+    def set_probabilities(self, probabilities: dict[str, float]) -> None:
+        for name, bar in self.bars.items():
+            p = float(probabilities.get(name, 0.0))
+            bar.setValue(round(p * 1000))
+            bar.setFormat(f"{name}: {100 * p:.1f}%")
+
+    def value(self, name: str) -> float:
+        return self.bars[name].value() / 1000.0
+
+
+class PlainForm(QWidget):
+    """Label/value rows shown as plain text: values come from files and are never read as HTML."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._form = QFormLayout(self)
+        self._form.setLabelAlignment(Qt.AlignmentFlag.AlignLeft)
+        self.rows: dict[str, str] = {}
+
+    def set_rows(self, rows: list[tuple[str, str]]) -> None:
+        while self._form.rowCount():
+            self._form.removeRow(0)
+        self.rows = {}
+        for key, value in rows:
+            name = QLabel(key)
+            name.setTextFormat(Qt.TextFormat.PlainText)
+            name.setProperty("role", "muted")
+            shown = QLabel(str(value))
+            shown.setTextFormat(Qt.TextFormat.PlainText)
+            shown.setWordWrap(True)
+            shown.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            self._form.addRow(name, shown)
+            self.rows[key] = str(value)
+
+
+class ViewerPage(QWidget):
+    key = "viewer"
+    title = "Viewer"
+    subtitle = "Diagnose images offline with a trained model. Images stay on this computer."
+
+    BATCH_COLUMNS = ("File", "Prediction", "Probability", "Referable DR", "Model verified", "Problem")
+
+    def __init__(self, context: AppContext, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.context = context
+        self.predictor = None  # core.inference.Predictor
+        self.files: list[Path] = []
+        self.index = -1
+        self.analysis: Analysis | None = None
+        self.batch = None  # core.inference.BatchResult
+        self._serial = 0
+        self._opening: Path | None = None
+        self._batch_handle = None
+        self._analysis_handle = None
+        self._batch_verified = False
+        self.setAcceptDrops(True)
+        self._build()
+        self._refresh_model_panel()
+        self._update_navigation()
+
+    # ---- layout -------------------------------------------------------------------------------------------
+    def _build(self) -> None:
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(28, 22, 28, 16)
+        outer.setSpacing(10)
+        outer.addWidget(label(self.title, "title"))
+        outer.addWidget(label(self.subtitle, "subtitle"))
+
+        toolbar = QHBoxLayout()
+        self.open_model_button = button("Open model…", primary=True)
+        self.open_images_button = button("Open images…")
+        self.open_folder_button = button("Open folder…")
+        self.batch_button = button("Batch on folder…")
+        for widget in (self.open_model_button, self.open_images_button, self.open_folder_button,
+                       self.batch_button):
+            toolbar.addWidget(widget)
+        toolbar.addStretch(1)
+        outer.addLayout(toolbar)
+        self.open_model_button.clicked.connect(self._choose_model)
+        self.open_images_button.clicked.connect(self._choose_images)
+        self.open_folder_button.clicked.connect(self._choose_folder)
+        self.batch_button.clicked.connect(self._choose_batch_folder)
+
+        self.model_banner = Banner("", "info")
+        self.notice = Banner("", "warning")
+        self.notice.setVisible(False)
+        outer.addWidget(self.model_banner)
+        outer.addWidget(self.notice)
+
+        vertical = QSplitter(Qt.Orientation.Vertical)
+        horizontal = QSplitter(Qt.Orientation.Horizontal)
+        horizontal.addWidget(self._image_area())
+        horizontal.addWidget(self._side_panel())
+        horizontal.setStretchFactor(0, 3)
+        horizontal.setStretchFactor(1, 2)
+        vertical.addWidget(horizontal)
+        vertical.addWidget(self._batch_area())
+        vertical.setStretchFactor(0, 3)
+        vertical.setStretchFactor(1, 1)
+        outer.addWidget(vertical, 1)
+
+    def _image_area(self) -> QWidget:
+        area = QWidget()
+        layout = QVBoxLayout(area)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.view = ImageView()
+        self.view.navigate.connect(self.step)
+        layout.addWidget(self.view, 1)
+
+        controls = QHBoxLayout()
+        self.previous_button = button("◀ Previous")
+        self.next_button = button("Next ▶")
+        self.position_label = QLabel("")
+        self.position_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.previous_button.clicked.connect(lambda: self.step(-1))
+        self.next_button.clicked.connect(lambda: self.step(1))
+        controls.addWidget(self.previous_button)
+        controls.addWidget(self.position_label, 1)
+        controls.addWidget(self.next_button)
+        for text, slot in (("Fit", self.view.fit), ("100%", self.view.actual_size), ("+", self.view.zoom_in),
+                           ("−", self.view.zoom_out)):
+            zoom = button(text)
+            zoom.clicked.connect(slot)
+            controls.addWidget(zoom)
+        layout.addLayout(controls)
+
+        heat = QHBoxLayout()
+        self.heatmap_check = QCheckBox("Show heatmap (where the model looked)")
+        self.opacity_slider = QSlider(Qt.Orientation.Horizontal)
+        self.opacity_slider.setRange(0, 100)
+        self.opacity_slider.setValue(45)
+        self.opacity_slider.setMaximumWidth(200)
+        self.opacity_slider.setToolTip("Heatmap opacity")
+        self.heatmap_method = QLabel("")
+        self.heatmap_method.setProperty("role", "muted")
+        heat.addWidget(self.heatmap_check)
+        heat.addWidget(QLabel("Opacity"))
+        heat.addWidget(self.opacity_slider)
+        heat.addWidget(self.heatmap_method, 1)
+        layout.addLayout(heat)
+        self.view.set_heatmap_opacity(0.45)
+        self.heatmap_check.toggled.connect(self._heatmap_toggled)
+        self.opacity_slider.valueChanged.connect(lambda value: self.view.set_heatmap_opacity(value / 100.0))
+        return area
+
+    def _side_panel(self) -> QWidget:
+        self.tabs = QTabWidget()
+
+        prediction = QWidget()
+        layout = QVBoxLayout(prediction)
+        self.prediction_label = QLabel("Open a model and an image.")
+        self.prediction_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.prediction_label.setProperty("role", "section")
+        self.prediction_label.setWordWrap(True)
+        self.referable_label = QLabel("")
+        self.referable_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.verification_label = QLabel("")
+        self.verification_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.bars = ProbabilityBars()
+        layout.addWidget(self.prediction_label)
+        layout.addWidget(self.bars)
+        layout.addWidget(self.referable_label)
+        layout.addWidget(self.verification_label)
+        layout.addWidget(label("Decision support only: a clinician makes the diagnosis.", "muted"))
+        layout.addStretch(1)
+        self.tabs.addTab(prediction, "Prediction")
+
+        self.card_form = PlainForm()
+        card_scroll = QScrollArea()
+        card_scroll.setWidgetResizable(True)
+        card_scroll.setWidget(self.card_form)
+        self.tabs.addTab(card_scroll, "Model card")
+
+        dicom = QWidget()
+        dicom_layout = QVBoxLayout(dicom)
+        self.identifying_check = QCheckBox("Show identifying fields (patient name, ID, birth date…)")
+        self.identifying_check.toggled.connect(self._identifying_toggled)
+        self.dicom_table = QTableWidget(0, 2)
+        self.dicom_table.setHorizontalHeaderLabels(["Field", "Value"])
+        self.dicom_table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.dicom_table.verticalHeader().setVisible(False)
+        self.dicom_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.dicom_note = QLabel("No DICOM file shown.")
+        self.dicom_note.setProperty("role", "muted")
+        dicom_layout.addWidget(self.identifying_check)
+        dicom_layout.addWidget(self.dicom_table, 1)
+        dicom_layout.addWidget(self.dicom_note)
+        self.tabs.addTab(dicom, "DICOM")
+        return self.tabs
+
+    def _batch_area(self) -> QWidget:
+        box = QGroupBox("Batch")
+        layout = QVBoxLayout(box)
+        self.batch_progress = JobProgress()
+        layout.addWidget(self.batch_progress)
+        self.batch_summary = QLabel("Run a model on every image of a folder; export the results as CSV or HTML.")
+        self.batch_summary.setTextFormat(Qt.TextFormat.PlainText)
+        self.batch_summary.setWordWrap(True)
+        layout.addWidget(self.batch_summary)
+        self.batch_table = QTableWidget(0, len(self.BATCH_COLUMNS))
+        self.batch_table.setHorizontalHeaderLabels(list(self.BATCH_COLUMNS))
+        self.batch_table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.batch_table.verticalHeader().setVisible(False)
+        self.batch_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.batch_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.batch_table.cellDoubleClicked.connect(self._batch_row_opened)
+        layout.addWidget(self.batch_table, 1)
+        exports = QHBoxLayout()
+        self.export_csv_button = button("Export CSV…")
+        self.export_html_button = button("Export HTML report…")
+        self.export_csv_button.clicked.connect(self._choose_csv)
+        self.export_html_button.clicked.connect(self._choose_html)
+        exports.addStretch(1)
+        exports.addWidget(self.export_csv_button)
+        exports.addWidget(self.export_html_button)
+        layout.addLayout(exports)
+        self._set_exports_enabled(False)
+        return box
+
+    # ---- model --------------------------------------------------------------------------------------------
+    def open_model(self, path: Path, *, allow_unverified: bool = False) -> None:
+        """Open a .dpm on a worker; a model whose signature fails is opened only after a confirmation."""
+        from core.inference import open_model
+
+        path = Path(path)
+        self._opening = path
+        self.model_banner.show_message(f"Opening {path.name}…", "info")
+        self.context.runner.start(
+            open_model, path, allow_unverified=allow_unverified, name="Open model",
+            on_done=self._model_opened,
+            on_error=lambda exc: self._model_failed(path, exc, allow_unverified),
+        )
+
+    def _model_failed(self, path: Path, exc: BaseException, allowed: bool) -> None:
+        self._opening = None
+        self._refresh_model_panel()
+        if isinstance(exc, SignatureError) and not allowed:
+            if dialogs.confirm(
+                self, "Model signature does not verify",
+                f"{exc}\n\nThe file may have been changed after it was signed. Results from an unverified "
+                "model are marked UNVERIFIED and must not be used for patient care unless you know "
+                "where the file came from. Open it anyway?",
+                yes="Open unverified",
+            ):
+                self.open_model(path, allow_unverified=True)
+            return
+        dialogs.show_error(self, exc)
+
+    def _model_opened(self, predictor) -> None:
+        self._opening = None
+        self.predictor = predictor
+        self.bars.set_classes(predictor.classes)
+        self._refresh_model_panel()
+        self.batch = None
+        self.batch_table.setRowCount(0)
+        self._set_exports_enabled(False)
+        if self.index >= 0:
+            self._analyse_current()
+
+    def _refresh_model_panel(self) -> None:
+        predictor = self.predictor
+        if predictor is None:
+            self.model_banner.show_message("No model open. Open a model package (.dpm) or drop one here.", "info")
+            self.card_form.set_rows([])
+            self.verification_label.setText("")
+            return
+        from core.inference import card_fields  # torch loads only once a model is opened
+
+        name = predictor.path.name
+        if predictor.signature_verified:
+            self.model_banner.show_message(
+                f"Model <b>{_escape(name)}</b>: signature verified. {_escape(', '.join(predictor.classes))}.", "ok")
+            self.verification_label.setText("Signature verified.")
+        else:
+            self.model_banner.show_message(
+                f"<b>UNVERIFIED MODEL</b> {_escape(name)}: its signature does not verify. Every result is marked "
+                "unverified; do not use them for patient care.", "error")
+            self.verification_label.setText("UNVERIFIED MODEL: results are not trustworthy.")
+        self.card_form.set_rows(card_fields(predictor.package))
+
+    # ---- images -------------------------------------------------------------------------------------------
+    def open_paths(self, paths: list[Path]) -> None:
+        """Models are opened; images and folders (searched recursively) become the browsing list."""
+        from core.inference import find_images
+
+        paths = [Path(p) for p in paths]
+        models = [p for p in paths if p.suffix.lower() == MODEL_SUFFIX and p.is_file()]
+        others = [p for p in paths if p not in models]
+        if models:
+            self.open_model(models[0])
+        if others:
+            self.context.runner.start(find_images, others, name="List images", on_done=self._files_listed,
+                                      on_error=lambda exc: dialogs.show_error(self, exc))
+
+    def _files_listed(self, files: list[Path]) -> None:
+        if not files:
+            self._show_notice("No images found there (PNG, JPEG, BMP, TIFF or DICOM).")
+            return
+        self.files = list(files)
+        self.show_index(0)
+
+    def show_index(self, index: int) -> None:
+        if not self.files:
+            return
+        self.index = max(0, min(len(self.files) - 1, index))
+        self._update_navigation()
+        self._analyse_current()
+
+    def step(self, delta: int) -> None:
+        if self.files:
+            target = self.index + delta
+            if 0 <= target < len(self.files):
+                self.show_index(target)
+
+    @property
+    def current_path(self) -> Path | None:
+        return self.files[self.index] if 0 <= self.index < len(self.files) else None
+
+    def _update_navigation(self) -> None:
+        count = len(self.files)
+        if count:
+            self.position_label.setText(f"{self.files[self.index].name}  ({self.index + 1} of {count})")
+        else:
+            self.position_label.setText("No image open. Open images or a folder, or drop them here.")
+        self.previous_button.setEnabled(self.index > 0)
+        self.next_button.setEnabled(0 <= self.index < count - 1)
+
+    def _analyse_current(self) -> None:
+        path = self.current_path
+        if path is None:
+            return
+        self._serial += 1
+        serial = self._serial
+        if self._analysis_handle is not None:
+            self._analysis_handle.cancel()
+        self._analysis_handle = self.context.runner.start(
+            analyse, path, self.predictor, saliency=self.heatmap_check.isChecked(),
+            identifying=self.identifying_check.isChecked(), name="Analyse image",
+            on_done=lambda result: self._analysed(serial, result),
+            on_error=lambda exc: self._analysis_failed(serial, path, exc),
+        )
+
+    def _analysed(self, serial: int, result: Analysis) -> None:
+        if serial != self._serial:
+            return  # the user has moved on to another image
+        self.notice.setVisible(False)
+        new_image = self.analysis is None or self.analysis.path != result.path
+        self.analysis = result
+        if new_image:
+            self.view.set_image(result.image)
+            self.view.setFocus()
+        self.view.set_heatmap(result.heatmap, result.crop_box)
+        self.heatmap_method.setText(f"Heatmap: {result.saliency_method}" if result.saliency_method else "")
+        self._show_prediction(result.prediction)
+        self._show_dicom(result.dicom)
+
+    def _analysis_failed(self, serial: int, path: Path, exc: BaseException) -> None:
+        if serial != self._serial:
+            return
+        from core.errors import DataError
+
+        if isinstance(exc, DataError):
+            # Browsing a folder: a broken file is reported in place and the user can go on.
+            self.analysis = None
+            self.view.set_image(None)
+            self._show_prediction(None)
+            self._show_dicom(None)
+            self._show_notice(str(exc))
+        else:
+            dialogs.show_error(self, exc)
+
+    def _show_notice(self, text: str) -> None:
+        self.notice.show_message(_escape(text), "warning")
+        self.notice.setVisible(True)
+
+    def _show_prediction(self, prediction) -> None:
+        if prediction is None:
+            self.prediction_label.setText("Open a model to predict." if self.predictor is None else "")
+            self.bars.clear()
+            self.referable_label.setText("")
+            return
+        top = prediction.probabilities[prediction.predicted_class]
+        marker = "" if prediction.signature_verified else "  [UNVERIFIED MODEL]"
+        self.prediction_label.setText(f"{prediction.predicted_class} ({100 * top:.1f}%){marker}")
+        self.bars.set_probabilities(prediction.probabilities)
+        if prediction.referable_dr is None:
+            self.referable_label.setText("")
+        else:
+            verdict = "Referable" if prediction.referable_dr else "Not referable"
+            self.referable_label.setText(f"{verdict} diabetic retinopathy: P(grade ≥ 2) = "
+                                         f"{100 * prediction.referable_dr_probability:.1f}%")
+
+    def _show_dicom(self, rows: list[tuple[str, str]] | None) -> None:
+        rows = rows or []
+        self.dicom_table.setRowCount(len(rows))
+        for row, (name, value) in enumerate(rows):
+            self.dicom_table.setItem(row, 0, QTableWidgetItem(name))
+            self.dicom_table.setItem(row, 1, QTableWidgetItem(value))
+        if rows:
+            self.dicom_note.setText("Identifying fields shown." if self.identifying_check.isChecked()
+                                    else "Only non-identifying fields are shown.")
+        else:
+            self.dicom_note.setText("No DICOM file shown.")
+
+    def _identifying_toggled(self, _checked: bool) -> None:
+        if self.analysis is not None and self.analysis.dicom is not None:
+            self._analyse_current()
+
+    def _heatmap_toggled(self, checked: bool) -> None:
+        self.view.set_heatmap_visible(checked)
+        current = self.analysis
+        if checked and current is not None and current.heatmap is None and self.predictor is not None:
+            self._serial += 1
+            serial = self._serial
+            self.context.runner.start(
+                add_saliency, current, self.predictor, name="Heatmap",
+                on_done=lambda result: self._analysed(serial, result),
+                on_error=lambda exc: self._analysis_failed(serial, current.path, exc),
+            )
+
+    # ---- batch --------------------------------------------------------------------------------------------
+    def run_batch(self, inputs: list[Path]) -> None:
+        if self.predictor is None:
+            self._show_notice("Open a model first, then run the batch.")
+            return
+        if self._batch_handle is not None and self._batch_handle.running:
+            self._show_notice("A batch is already running; cancel it or wait for it to finish.")
+            return
+        self.batch = None
+        self._batch_verified = self.predictor.signature_verified
+        self.batch_table.setRowCount(0)
+        self._set_exports_enabled(False)
+        self.batch_button.setEnabled(False)
+        self.batch_summary.setText("Predicting…")
+        self._batch_handle = self.context.runner.start(
+            run_batch_job, self.predictor, [Path(p) for p in inputs], name="Batch prediction",
+            on_event=self._batch_item, on_done=self._batch_done, on_error=self._batch_failed,
+            on_cancelled=self._batch_cancelled,
+        )
+        self.batch_progress.bind(self._batch_handle, "Listing images…")
+
+    def _batch_item(self, item) -> None:
+        row = self.batch_table.rowCount()
+        self.batch_table.insertRow(row)
+        p = item.prediction
+        cells = [Path(item.file).name, "", "", "", "yes" if self._batch_verified else "NO", item.error or ""]
+        if p is not None:
+            cells[1] = p.predicted_class
+            cells[2] = f"{100 * p.probabilities[p.predicted_class]:.1f}%"
+            if p.referable_dr is not None:
+                cells[3] = "yes" if p.referable_dr else "no"
+        for column, text in enumerate(cells):
+            cell = QTableWidgetItem(text)
+            if column == 0:
+                cell.setToolTip(item.file)
+                cell.setData(Qt.ItemDataRole.UserRole, item.file)
+            self.batch_table.setItem(row, column, cell)
+
+    def _batch_done(self, result) -> None:
+        self.batch = result
+        self.batch_button.setEnabled(True)
+        self._set_exports_enabled(True)
+        done, failed = len(result.predictions), len(result.failures)
+        text = f"{done} image(s) predicted, {failed} could not be read."
+        if not result.signature_verified:
+            text += " UNVERIFIED MODEL: these results are marked unverified."
+        self.batch_summary.setText(text)
+
+    def _batch_failed(self, exc: BaseException) -> None:
+        self.batch_button.setEnabled(True)
+        self.batch_summary.setText("The batch stopped.")
+        dialogs.show_error(self, exc)
+
+    def _batch_cancelled(self) -> None:
+        self.batch_button.setEnabled(True)
+        self.batch_summary.setText("Batch cancelled; nothing was exported.")
+
+    def _batch_row_opened(self, row: int, _column: int) -> None:
+        cell = self.batch_table.item(row, 0)
+        if cell is None:
+            return
+        files = [Path(self.batch_table.item(r, 0).data(Qt.ItemDataRole.UserRole))
+                 for r in range(self.batch_table.rowCount())]
+        self.files = files
+        self.show_index(row)
+
+    def _set_exports_enabled(self, enabled: bool) -> None:
+        self.export_csv_button.setEnabled(enabled)
+        self.export_html_button.setEnabled(enabled)
+
+    def export_csv(self, path: Path) -> None:
+        from core.inference import write_csv
+
+        if self.batch is not None:
+            self._export(write_csv, Path(path), self.batch)
+
+    def export_html(self, path: Path) -> None:
+        from core.inference import write_html
+
+        if self.batch is not None and self.predictor is not None:
+            self._export(write_html, Path(path), self.batch, self.predictor.package)
+
+    def _export(self, writer, path: Path, *args) -> None:
+        self.batch_summary.setText(f"Writing {path.name}…")
+        self.context.runner.start(
+            writer, path, *args, name="Export results",
+            on_done=lambda _result: self.batch_summary.setText(f"Saved {path}."),
+            on_error=lambda exc: dialogs.show_error(self, exc),
+        )
+
+    # ---- file dialogs, drag and drop, keys ----------------------------------------------------------------
+    def _start_folder(self) -> str:
+        return str(self.context.work_folder) if self.context.work_folder.exists() else ""
+
+    def _choose_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a model package", str(self.context.models_folder),
+                                              "Dopamine models (*.dpm)")
+        if path:
+            self.open_model(Path(path))
+
+    def _choose_images(self) -> None:
+        paths, _ = QFileDialog.getOpenFileNames(
+            self, "Open images", self._start_folder(),
+            "Images (*.png *.jpg *.jpeg *.bmp *.tif *.tiff *.dcm);;All files (*)")
+        if paths:
+            self.open_paths([Path(p) for p in paths])
+
+    def _choose_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Open a folder of images", self._start_folder())
+        if folder:
+            self.open_paths([Path(folder)])
+
+    def _choose_batch_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Predict every image in a folder", self._start_folder())
+        if folder:
+            self.run_batch([Path(folder)])
+
+    def _choose_csv(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export results as CSV", "predictions.csv", "CSV (*.csv)")
+        if path:
+            self.export_csv(Path(path))
+
+    def _choose_html(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export an HTML report", "predictions.html", "HTML (*.html)")
+        if path:
+            self.export_html(Path(path))
+
+    def dragEnterEvent(self, event) -> None:  # noqa: N802 (Qt override)
+        if event.mimeData().hasUrls() and any(url.isLocalFile() for url in event.mimeData().urls()):
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dropEvent(self, event) -> None:  # noqa: N802 (Qt override)
+        paths = [Path(url.toLocalFile()) for url in event.mimeData().urls() if url.isLocalFile()]
+        if paths:
+            event.acceptProposedAction()
+            self.open_paths(paths)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 (Qt override)
+        step = NAVIGATION_KEYS.get(Qt.Key(event.key()))
+        if step is not None:
+            self.step(step)
+            event.accept()
+        else:
+            super().keyPressEvent(event)
+
+
+def _escape(text: str) -> str:
+    from html import escape
+
+    return escape(text, quote=False)
