@@ -221,8 +221,9 @@ class _Participant:
         self.layout = ParameterLayout(self.model)
 
     def _on_retry(self, message: str) -> None:
-        if message != self.last_error:
-            self.last_error = message
+        problem = message.split("; retrying")[0]
+        if problem != self.last_error:  # once per kind of trouble, not on every retry
+            self.last_error = problem
             self.emit(ErrorEvent(message=message, fatal=False))
 
     def close(self) -> None:
@@ -276,7 +277,7 @@ class _Participant:
             self.etag = str(view.get("etag", ""))
             self.last_error = ""
             if view["model_round"] > self.state.model_round:
-                self._record_rounds(view["model_round"])
+                self._record_rounds(view["model_round"], view.get("last_round"))
             status = view["status"]
             if view.get("hospital_status") == "declined":
                 return self._finish("declined")
@@ -396,7 +397,7 @@ class _Participant:
 
         load_weights(self.model, self.global_state, source=f"global model of round {self.global_round}")
 
-    def _record_rounds(self, model_round: int) -> None:
+    def _record_rounds(self, model_round: int, last_round: dict | None) -> None:
         """Learn which finished rounds included this hospital (also those finished while it was away)."""
         metrics: dict = {}
         included_latest = False
@@ -404,7 +405,10 @@ class _Participant:
         for round in range(first, model_round + 1):
             if str(round) not in self.state.rounds_uploaded and round != model_round:
                 continue
-            result = self.net.get_json(f"/v1/rounds/{round}/result")
+            if last_round is not None and last_round.get("round") == round:
+                result = last_round
+            else:
+                result = self.net.get_json(f"/v1/rounds/{round}/result")
             included = self.invitation.hospital_id in result.get("included", [])
             if included and round not in self.state.rounds_participated:
                 self.state.rounds_participated.append(round)

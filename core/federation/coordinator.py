@@ -110,6 +110,8 @@ class Coordinator:
         self._hospitals = {h.hospital_id: h for h in self.store.hospitals()}
         self._meta = self.store.all_meta()
         self._load_global_model()
+        last = self.store.last_round()
+        self._last_round = {"round": last.round, "included": last.included, "metrics": last.metrics} if last else None
         self._snapshot = {}
         try:
             self._resume_round()
@@ -182,6 +184,7 @@ class Coordinator:
             "version": snap["version"],
             "hospital_status": record.status if record else "unknown",
             "max_images": snap["max_images"],
+            "last_round": snap["last_round"],
         }
 
     def public_status(self) -> dict:
@@ -657,6 +660,7 @@ class Coordinator:
                 meta.update({"status": "finished", "phase": "", "stop_reason": ""})
             self.store.set_meta(db, meta)
         self._meta.update(meta)
+        self._last_round = {"round": round, "included": included, "metrics": metrics}
         self._hospitals = {h.hospital_id: h for h in self.store.hospitals()}
         log.info("round %d done in %.3fs with %s (%d images) %s", round, record.finished_at - started,
                  ", ".join(included), images, {k: v for k, v in metrics.items() if isinstance(v, float)})
@@ -830,6 +834,7 @@ class Coordinator:
             "left": set(self._left),
             "secagg": secagg,
             "max_images": int(meta.get("max_images", 0)),
+            "last_round": self._last_round,
             "version": f"{self._boot}:{self._version}",
         }
 

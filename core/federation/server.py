@@ -47,6 +47,8 @@ def serve(folder: Path, *, host: str | None = None, port: int | None = None) -> 
             log_level="warning",
             access_log=False,
             timeout_keep_alive=120,
+            # Long polls and peers that never answer a TLS close would otherwise hold up a restart.
+            timeout_graceful_shutdown=3,
             lifespan="on",
             http="h11",
         )

@@ -143,8 +143,11 @@ def wait_until_serving(url: str, ca_file: Path, *, timeout_s: float = 60.0, proc
             if process is not None and process.poll() is not None:
                 raise FederationError(f"The coordinator exited with code {process.returncode} before serving; see its log.")
             try:
-                if session.get(url + "/v1/health", verify=str(ca_file), timeout=2).ok:
-                    return
+                # Connection: close, so no idle connection of ours delays the coordinator's shutdown.
+                with session.get(url + "/v1/health", verify=str(ca_file), timeout=2,
+                                 headers={"Connection": "close"}) as response:
+                    if response.ok:
+                        return
             except requests.RequestException:
                 pass
             if time.monotonic() > deadline:
@@ -154,32 +157,35 @@ def wait_until_serving(url: str, ca_file: Path, *, timeout_s: float = 60.0, proc
         session.close()
 
 
-class _Hospital:
-    """One hospital client process and what it reported (JSON lines of events on stdout)."""
+class HospitalProcess:
+    """One ``dopamine join`` process and the events it printed (JSON lines on stdout)."""
 
-    def __init__(self, number: int, invitation: Path, data: Path, workdir: Path, config: SimulationConfig, log: Path):
+    def __init__(self, number: int, invitation: Path, data: Path, workdir: Path, log: Path, *,
+                 max_epsilon: float, threads: int = 1, extra_env: dict[str, str] | None = None):
         self.number = number
         self.invitation = invitation
         self.data = data
         self.workdir = workdir
-        self.config = config
         self.log_path = log
+        self.max_epsilon = max_epsilon
+        self.threads = threads
+        self.extra_env = extra_env or {}
         self.events: list[dict] = []
         self.process: subprocess.Popen | None = None
         self.killed_in_round: int | None = None
         self.started = 0.0
         self.ended: float | None = None
-        self.lock = threading.Lock()
-        self.on_event = None
+        self.on_event = None  # called as on_event(hospital, event_dict) from a reader thread
 
     def start(self) -> None:
         argv = [sys.executable, "-m", "core.cli", "join", str(self.invitation), "--data", str(self.data),
-                "--workdir", str(self.workdir), "--max-epsilon", str(self.config.max_epsilon), "--events-jsonl",
-                "--threads", str(self.config.threads_per_process)]
+                "--workdir", str(self.workdir), "--max-epsilon", str(self.max_epsilon), "--events-jsonl",
+                "--threads", str(self.threads)]
         self.started = self.started or time.monotonic()
-        log = open(self.log_path, "ab")  # noqa: SIM115 -- owned by the process
-        self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, env=child_env(self.config.threads_per_process))
-        log.close()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log,
+                                            env=child_env(self.threads) | self.extra_env)
         threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
 
     def _read(self, process: subprocess.Popen) -> None:
@@ -191,12 +197,12 @@ class _Hospital:
                 event = json.loads(line)
             except ValueError:
                 continue
-            with self.lock:
-                self.events.append(event)
+            self.events.append(event)
             if self.on_event is not None:
                 self.on_event(self, event)
 
     def kill(self) -> None:
+        """SIGKILL: no clean-up at all, as in a power cut."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
@@ -204,6 +210,40 @@ class _Hospital:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+
+class CoordinatorProcess:
+    """``dopamine coordinator serve`` as a child process."""
+
+    def __init__(self, folder: Path, log: Path, *, threads: int = 1) -> None:
+        self.folder = Path(folder)
+        self.log_path = log
+        self.threads = threads
+        self.process: subprocess.Popen | None = None
+
+    def start(self, *, url: str, ca_file: Path, cancel: CancelToken = NEVER_CANCELLED) -> None:
+        argv = [sys.executable, "-m", "core.cli", "coordinator", "serve", str(self.folder)]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(argv, stdout=log, stderr=log, env=child_env(self.threads))
+        wait_until_serving(url, ca_file, process=self.process, cancel=cancel)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    @property
+    def exited(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
 
 
 def _plan_init_config(config: SimulationConfig, folder: Path, port: int, eval_data: Path):
@@ -273,23 +313,18 @@ def _run(config: SimulationConfig, root: Path, temporary: bool, started: float, 
     init = init_federation(_plan_init_config(config, federation, port, data / "test"))
     paths = FederationPaths(federation)
     logs = root / "logs"
-    logs.mkdir(exist_ok=True)
-    env = child_env(config.threads_per_process)
-    coordinator_argv = [sys.executable, "-m", "core.cli", "coordinator", "serve", str(federation)]
-    coordinator_log = open(logs / "coordinator.out", "ab")  # noqa: SIM115
-    coordinator = subprocess.Popen(coordinator_argv, stdout=coordinator_log, stderr=coordinator_log, env=env)
-    coordinator_log.close()
-    hospitals: list[_Hospital] = []
+    coordinator = CoordinatorProcess(federation, logs / "coordinator.out", threads=config.threads_per_process)
+    hospitals: list[HospitalProcess] = []
     try:
         progress(0.05, "Starting the coordinator")
-        wait_until_serving(init.coordinator_url, paths.tls / "ca.pem", process=coordinator, cancel=cancel)
-        drops = dict()
-        for hospital, round in config.drops:
-            drops.setdefault(hospital, set()).add(round)
+        coordinator.start(url=init.coordinator_url, ca_file=paths.tls / "ca.pem", cancel=cancel)
+        drops: dict[int, set[int]] = {}
+        for number, dropped_round in config.drops:
+            drops.setdefault(number, set()).add(dropped_round)
         rounds_total = init.plan.rounds
         done_rounds = [0]
 
-        def on_event(hospital: _Hospital, event: dict) -> None:
+        def on_event(hospital: HospitalProcess, event: dict) -> None:
             kind = event.get("event")
             if kind == "uploaded" and event.get("round") in drops.get(hospital.number, set()) \
                     and hospital.killed_in_round is None:
@@ -302,9 +337,9 @@ def _run(config: SimulationConfig, root: Path, temporary: bool, started: float, 
                 progress(0.1 + 0.85 * done_rounds[0] / rounds_total, f"Round {done_rounds[0]} of {rounds_total} done")
 
         for number, invitation in enumerate(sorted(init.invitations), start=1):
-            workdir = root / "hospitals" / f"hospital_{number:02d}"
-            hospital = _Hospital(number, invitation, data / f"hospital_{number:02d}", workdir, config,
-                                 logs / f"hospital_{number:02d}.err")
+            hospital = HospitalProcess(number, invitation, data / f"hospital_{number:02d}",
+                                       root / "hospitals" / f"hospital_{number:02d}", logs / f"hospital_{number:02d}.err",
+                                       max_epsilon=config.max_epsilon, threads=config.threads_per_process)
             hospital.on_event = on_event
             hospitals.append(hospital)
             hospital.start()
@@ -312,10 +347,13 @@ def _run(config: SimulationConfig, root: Path, temporary: bool, started: float, 
         deadline = time.monotonic() + config.timeout_s
         while any(h.running for h in hospitals) or _restart_pending(hospitals, config):
             cancel.wait(0.2)
-            if coordinator.poll() is not None:
-                raise FederationError(f"The coordinator exited with code {coordinator.returncode}; see {logs / 'coordinator.out'}.")
+            if coordinator.exited:
+                raise FederationError(f"The coordinator exited unexpectedly; see {coordinator.log_path}.")
             if time.monotonic() > deadline:
                 raise FederationError(f"The simulation did not finish within {config.timeout_s:.0f} s; logs are in {logs}.")
+            for hospital in hospitals:
+                if not hospital.running and hospital.ended is None and hospital.killed_in_round is None:
+                    hospital.ended = time.monotonic()
         for hospital in hospitals:
             if hospital.ended is None:
                 hospital.ended = time.monotonic()
@@ -328,18 +366,12 @@ def _run(config: SimulationConfig, root: Path, temporary: bool, started: float, 
     finally:
         for hospital in hospitals:
             hospital.kill()
-        if coordinator.poll() is None:
-            coordinator.send_signal(signal.SIGTERM)
-            try:
-                coordinator.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                coordinator.kill()
-                coordinator.wait()
+        coordinator.stop()
     progress(0.97, "Collecting results")
     return _collect(config, root, temporary, init, paths, hospitals, started, read_invitation)
 
 
-def _restart_pending(hospitals: list[_Hospital], config: SimulationConfig) -> bool:
+def _restart_pending(hospitals: list[HospitalProcess], config: SimulationConfig) -> bool:
     # A killed hospital that will be restarted keeps the simulation open until it has run again.
     return config.restart_dropped_after_s is not None and any(
         h.killed_in_round is not None and not h.running and h.process is not None and h.process.returncode == -signal.SIGKILL

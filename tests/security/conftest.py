@@ -16,8 +16,8 @@ def free_port() -> int:
 
 
 @contextmanager
-def run_https_server(app, certfile, keyfile):
-    port = free_port()
+def run_https_server(app, certfile, keyfile, port: int | None = None):
+    port = port or free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, ssl_certfile=str(certfile), ssl_keyfile=str(keyfile),
                             log_level="warning", lifespan="on", http="h11")
     server = uvicorn.Server(config)
@@ -34,7 +34,7 @@ def run_https_server(app, certfile, keyfile):
         thread.join(timeout=10)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def https_server():
     """``with https_server(app, certfile, keyfile) as url:`` serves ``app`` over TLS in a thread."""
     return run_https_server

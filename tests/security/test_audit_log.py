@@ -42,9 +42,13 @@ def test_tampering_is_found_at_the_right_line(tmp_path, tamper, line):
     path = _write(tmp_path / "audit.jsonl")
     lines = path.read_text().splitlines()
     if tamper == "edit_bytes":
-        entry = json.loads(lines[1]); entry["bytes"] = 1; lines[1] = json.dumps(entry, sort_keys=True)
+        entry = json.loads(lines[1])
+        entry["bytes"] = 1
+        lines[1] = json.dumps(entry, sort_keys=True)
     elif tamper == "edit_what":
-        entry = json.loads(lines[2]); entry["what"] = "nothing"; lines[2] = json.dumps(entry, sort_keys=True)
+        entry = json.loads(lines[2])
+        entry["what"] = "nothing"
+        lines[2] = json.dumps(entry, sort_keys=True)
     elif tamper == "delete":
         del lines[1]
     elif tamper == "swap":

@@ -1,0 +1,119 @@
+"""Every federated mode end to end: a coordinator and 3 hospital processes over loopback HTTPS."""
+
+import math
+
+import pytest
+
+from core.federation.audit import verify_audit_log
+from core.federation.plan import fpdp_round_cost
+from core.privacy.accountant import compute_epsilon
+
+MODES = {
+    # F with secure aggregation (its optional path); FPDP without (the plain-update path).
+    "f+secagg": dict(mode="f", rounds=2, batch_size=8, local_epochs=1, lr=0.05, secagg=True),
+    "fpdp": dict(mode="fpdp", rounds=2, batch_size=8, local_epochs=1, lr=0.1, noise_multiplier=1.1,
+                 max_grad_norm=1.0, delta=1e-3),
+    "fscdp": dict(mode="fscdp", rounds=3, sample_rate=0.3, noise_multiplier=1.0, max_grad_norm=1.0, lr=0.5,
+                  delta=1e-3),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(MODES))
+def finished(request, federation_factory):
+    run = federation_factory(request.param.replace("+", "_"), **MODES[request.param])
+    run.start()
+    run.wait()
+    return request.param, run
+
+
+def test_the_federation_finishes_and_every_hospital_takes_part_in_every_round(finished):
+    name, run = finished
+    status = run.status()
+    assert status["status"] == "finished", run.logs()
+    assert status["rounds_finished"] == run.plan.rounds
+    rounds = list(range(1, run.plan.rounds + 1))
+    for record in status["last_rounds"]:
+        assert record["included"] == ["h01", "h02", "h03"]
+        assert record["images"] == 3 * run.per_hospital
+    for hospital in run.hospitals:
+        assert hospital.process.returncode == 0, run.logs()
+        finished_events = [e for e in hospital.events if e["event"] == "finished"]
+        assert len(finished_events) == 1
+        assert finished_events[0]["reason"] == "completed"
+        assert finished_events[0]["rounds_participated"] == rounds
+        kinds = {e["event"] for e in hospital.events}
+        assert {"plan", "enrolled", "round_started", "phase", "uploaded", "model_received"} <= kinds
+        if run.plan.is_private:
+            assert "budget_charged" in kinds
+
+
+def test_the_global_model_is_signed_by_the_coordinator_and_its_card_is_right(finished):
+    from core.models.package import read_package
+
+    name, run = finished
+    coordinator_key = read_invitation_key(run)
+    digests = set()
+    for hospital in run.hospitals:
+        package = read_package(hospital.workdir / "models" / "final.dpm", trusted_keys=[coordinator_key])
+        assert package.signature_ok
+        digests.add(package.sha256)
+        card = package.card
+        assert card.mode == run.plan.mode
+        assert card.rounds == run.plan.rounds
+        assert card.hospitals == 3
+        assert sorted(card.image_counts.values()) == [run.per_hospital] * 3
+        assert card.architecture == "small_cnn"
+        assert "evaluation" in card.metrics and 0.0 <= card.metrics["evaluation"]["accuracy"] <= 1.0
+        if run.plan.is_private:
+            assert card.delta == run.plan.delta
+            assert card.epsilon == pytest.approx(expected_epsilon(run, run.plan.rounds), rel=1e-9)
+        else:
+            assert card.epsilon is None
+    assert len(digests) == 1  # every hospital holds the same final model
+
+
+def read_invitation_key(run) -> bytes:
+    from core.federation.invitation import read_invitation
+
+    return read_invitation(run.hospitals[0].invitation).coordinator_signing_key
+
+
+def expected_epsilon(run, rounds: int) -> float:
+    plan = run.plan
+    if plan.mode == "fscdp":
+        return compute_epsilon(sample_rate=plan.sample_rate, noise_multiplier=plan.noise_multiplier, steps=rounds,
+                               delta=plan.delta, accountant=plan.accountant)
+    steps, rate = fpdp_round_cost(plan, run.per_hospital)
+    return compute_epsilon(sample_rate=rate, noise_multiplier=plan.noise_multiplier, steps=steps * rounds,
+                           delta=plan.delta, accountant=plan.accountant)
+
+
+def test_each_hospitals_epsilon_equals_the_accountants_for_the_rounds_it_took_part_in(finished):
+    name, run = finished
+    for hospital in run.hospitals:
+        if not run.plan.is_private:
+            assert not (hospital.workdir / "ledger.sqlite").exists()  # mode F spends no budget
+            continue
+        entries, spent = run.ledger_entries(hospital)
+        assert len(entries) == run.plan.rounds
+        assert len({e.key for e in entries}) == len(entries)
+        assert math.isclose(spent, expected_epsilon(run, run.plan.rounds), rel_tol=1e-9)
+
+
+def test_audit_logs_record_every_upload_and_verify(finished):
+    name, run = finished
+    for hospital in run.hospitals:
+        result = verify_audit_log(hospital.workdir / "audit.jsonl")
+        assert result.ok, result.to_text()
+        state = run.hospital_state(hospital)
+        assert result.total_bytes == state["bytes_sent"] > 0
+        uploaded = sum(e["bytes"] for e in hospital.events if e["event"] == "uploaded")
+        assert 0 < uploaded < result.total_bytes
+
+
+def test_secret_files_are_private(finished):
+    name, run = finished
+    secrets = [run.paths.signing_key, run.paths.tls / "ca.key", run.paths.tls / "server.key", *run.init.invitations]
+    secrets += [h.workdir / "identity.key" for h in run.hospitals]
+    for path in secrets:
+        assert oct(path.stat().st_mode & 0o777) == "0o600", path
