@@ -413,6 +413,7 @@ class ViewerPage(QWidget):
         self.card_form = PlainForm()
         card_scroll = QScrollArea()
         card_scroll.setWidgetResizable(True)
+        card_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         card_scroll.setWidget(self.card_form)
         self.tabs.addTab(card_scroll, "Model card")
 
@@ -444,11 +445,14 @@ class ViewerPage(QWidget):
         layout.addWidget(self.batch_summary)
         self.batch_table = QTableWidget(0, len(self.BATCH_COLUMNS))
         self.batch_table.setHorizontalHeaderLabels(list(self.BATCH_COLUMNS))
-        self.batch_table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        header = self.batch_table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.batch_table.verticalHeader().setVisible(False)
         self.batch_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.batch_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.batch_table.cellDoubleClicked.connect(self._batch_row_opened)
+        self.batch_table.setMinimumHeight(150)
         layout.addWidget(self.batch_table, 1)
         exports = QHBoxLayout()
         self.export_csv_button = button("Export CSV…")
@@ -521,7 +525,10 @@ class ViewerPage(QWidget):
                 f"<b>UNVERIFIED MODEL</b> {_escape(name)}: its signature does not verify. Every result is marked "
                 "unverified; do not use them for patient care.", "error")
             self.verification_label.setText("UNVERIFIED MODEL: results are not trustworthy.")
-        self.card_form.set_rows(card_fields(predictor.package))
+        # Long hex digests get spaces (every 8 characters) so the panel can wrap them.
+        rows = [(key, _grouped(value) if key == "Model file SHA-256" else value)
+                for key, value in card_fields(predictor.package)]
+        self.card_form.set_rows(rows)
 
     # ---- images -------------------------------------------------------------------------------------------
     def open_paths(self, paths: list[Path]) -> None:
@@ -809,6 +816,10 @@ class ViewerPage(QWidget):
             event.accept()
         else:
             super().keyPressEvent(event)
+
+
+def _grouped(text: str, size: int = 8) -> str:
+    return " ".join(text[i:i + size] for i in range(0, len(text), size))
 
 
 def _escape(text: str) -> str:
