@@ -82,6 +82,17 @@ def _conv_weight_grad_sample(
     return grad_weight.view(n, out_ch, in_ch, kh, kw)
 
 
+def _empty_batch_backward(ctx, x: torch.Tensor):
+    """Backward of a layer that saw no examples (Poisson sampling can draw an empty batch)."""
+    module = ctx.module
+    for index, name in ((1, "weight"), (2, "bias")):
+        param = getattr(module, name, None)
+        if param is not None and ctx.needs_input_grad[index]:
+            _store(param, param.new_zeros((0, *param.shape)), 1.0)
+    grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+    return grad_x, None, None, None, None
+
+
 class _Conv2dPerSample(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, module, scale):
@@ -92,6 +103,8 @@ class _Conv2dPerSample(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
+        if x.shape[0] == 0:
+            return _empty_batch_backward(ctx, x)
         module = ctx.module
         grad_out = grad_out.contiguous()
         grad_x = None
@@ -100,13 +113,13 @@ class _Conv2dPerSample(torch.autograd.Function):
                 grad_out, x, weight, None, module.stride, module.padding, module.dilation,
                 False, [0, 0], module.groups, [True, False, False],
             )[0]
-        per_example = grad_out
         if ctx.needs_input_grad[1]:
-            _store(module.weight, _conv_weight_grad_sample(
-                x, per_example, weight.shape, module.stride, module.padding, module.dilation
-            ), ctx.scale)
+            grad_sample = _conv_weight_grad_sample(
+                x, grad_out, weight.shape, module.stride, module.padding, module.dilation
+            )
+            _store(module.weight, grad_sample, ctx.scale)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            _store(module.bias, per_example.sum(dim=(2, 3)), ctx.scale)
+            _store(module.bias, grad_out.sum(dim=(2, 3)), ctx.scale)
         return grad_x, None, None, None, None
 
 
@@ -120,17 +133,18 @@ class _LinearPerSample(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
+        if x.shape[0] == 0:
+            return _empty_batch_backward(ctx, x)
         module = ctx.module
         grad_x = grad_out @ weight if ctx.needs_input_grad[0] else None
-        per_example = grad_out
         n = x.shape[0]
+        # Inputs may have extra dimensions between batch and features (a sequence, say).
+        grad_rows = grad_out.reshape(n, -1, grad_out.shape[-1])
         if ctx.needs_input_grad[1]:
-            _store(module.weight, torch.bmm(
-                per_example.reshape(n, -1, per_example.shape[-1]).transpose(1, 2),
-                x.reshape(n, -1, x.shape[-1]),
-            ), ctx.scale)
+            grad_sample = torch.bmm(grad_rows.transpose(1, 2), x.reshape(n, -1, x.shape[-1]))
+            _store(module.weight, grad_sample, ctx.scale)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            _store(module.bias, per_example.reshape(n, -1, per_example.shape[-1]).sum(dim=1), ctx.scale)
+            _store(module.bias, grad_rows.sum(dim=1), ctx.scale)
         return grad_x, None, None, None, None
 
 
@@ -150,6 +164,8 @@ class _GroupNormPerSample(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, mean, rstd = ctx.saved_tensors
+        if x.shape[0] == 0:
+            return _empty_batch_backward(ctx, x)
         module = ctx.module
         n, channels, hw = ctx.dims
         groups = module.num_groups
@@ -211,7 +227,6 @@ class FusedGradSampleModule(AbstractGradSampleModule):
                 "use grad_sample_mode='hooks'."
             )
         super().__init__(m, batch_first=batch_first, loss_reduction=loss_reduction)
-        self._batch_size = 0
         self._forbid_accumulation = False
         self._patched: list[nn.Module] = []
         for module in m.modules():
@@ -227,7 +242,6 @@ class FusedGradSampleModule(AbstractGradSampleModule):
                 "Poisson sampling is not compatible with gradient accumulation: call optimizer.step() "
                 "(or zero_grad()) after every forward/backward pass."
             )
-        self._batch_size = x.shape[0]
         return self._module(x, *args, **kwargs)
 
     def forbid_grad_accumulation(self) -> None:
@@ -242,16 +256,14 @@ class FusedGradSampleModule(AbstractGradSampleModule):
                 del module.forward
         self._patched = []
 
-    def per_example_scale(self) -> float:
-        # With a mean loss every example's gradient arrives divided by the batch size.
-        return float(self._batch_size) if self.loss_reduction == "mean" else 1.0
-
 
 def _make_forward(owner: FusedGradSampleModule, function: type[torch.autograd.Function]):
     def forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         weight, bias = module.weight, getattr(module, "bias", None)
         if not torch.is_grad_enabled():
             return type(module).forward(module, x)
-        return function.apply(x, weight, bias, module, owner.per_example_scale())
+        # With a mean loss each example's gradient arrives divided by the batch size.
+        scale = float(x.shape[0]) if owner.loss_reduction == "mean" else 1.0
+        return function.apply(x, weight, bias, module, scale)
 
     return forward

@@ -1,0 +1,129 @@
+"""The fused per-example gradients equal an independent reference (torch.func) on every layer path."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from opacus import GradSampleModule
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from core.errors import PrivacyError
+from core.privacy.per_sample import _UNFOLD_MAX_OUTPUT_PIXELS, FusedGradSampleModule
+
+
+class Mixed(nn.Module):
+    """Every layer shape the fused mode distinguishes, plus a module used twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, stride=2, padding=1)  # kxk, large output: grouped backward
+        self.pointwise = nn.Conv2d(8, 6, 1, stride=2)  # 1x1 strided: batched matmul
+        self.norm = nn.GroupNorm(2, 6)
+        self.dilated = nn.Conv2d(6, 6, 3, padding=2, dilation=2, bias=False)  # small output: unfold
+        self.shared = nn.Conv2d(6, 6, 1)  # applied twice
+        self.tokens = nn.Linear(4, 5)  # 3-D input: (batch, tokens, features)
+        self.head = nn.Linear(6 * 5, 3)
+
+    def forward(self, x):
+        x = F.relu(self.norm(self.pointwise(F.relu(self.stem(x)))))
+        x = self.shared(F.relu(self.shared(self.dilated(x))))
+        x = self.tokens(x.flatten(2)[:, :, :4])  # (batch, 6 tokens, 5)
+        return self.head(x.flatten(1))
+
+
+def reference_grad_samples(model, x, y):
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss(p, xi, yi):
+        return F.cross_entropy(functional_call(model, p, (xi[None],)), yi[None])
+
+    return vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_matches_torch_func_reference(reduction):
+    torch.manual_seed(0)
+    model = Mixed()
+    x, y = torch.randn(5, 3, 24, 24), torch.tensor([0, 1, 2, 1, 0])
+    # 24 px in: the stem's output (12 x 12) takes the grouped-backward path, the dilated
+    # convolution's (6 x 6) the unfold path.
+    assert 12 * 12 > _UNFOLD_MAX_OUTPUT_PIXELS >= 6 * 6
+    expected = reference_grad_samples(model, x, y)
+    wrapped = FusedGradSampleModule(model, loss_reduction=reduction)
+    F.cross_entropy(wrapped(x), y, reduction=reduction).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is None  # no batch gradient is computed
+        torch.testing.assert_close(p.grad_sample, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("name", ["squeezenet1_1", "resnet18_gn"])
+def test_matches_opacus_hooks_on_registry_models(name):
+    from core.models import build_model
+
+    x, y = torch.randn(3, 3, 40, 40), torch.tensor([0, 4, 2])
+    results = []
+    for wrapper in (GradSampleModule, FusedGradSampleModule):
+        torch.manual_seed(1)
+        model = build_model(name)
+        wrapped = wrapper(model)
+        torch.manual_seed(2)  # same dropout masks
+        F.cross_entropy(wrapped(x), y).backward()
+        results.append({k: p.grad_sample for k, p in model.named_parameters()})
+    for key in results[0]:
+        torch.testing.assert_close(results[1][key], results[0][key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_input_gradients_are_unchanged():
+    torch.manual_seed(0)
+    model = Mixed()
+    x = torch.randn(2, 3, 24, 24, requires_grad=True)
+    model(x).sum().backward()
+    plain = x.grad.clone()
+    x.grad = None
+    FusedGradSampleModule(model)(x).sum().backward()
+    torch.testing.assert_close(x.grad, plain)
+
+
+def test_remove_hooks_restores_the_model():
+    torch.manual_seed(0)
+    model = Mixed()
+    x = torch.randn(2, 3, 24, 24)
+    before = model(x)
+    wrapped = FusedGradSampleModule(model)
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(x), before)
+    wrapped.cleanup()
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    model(x).sum().backward()
+    assert all(p.grad is not None and not hasattr(p, "grad_sample") for p in model.parameters())
+
+
+def test_empty_batch():
+    model = Mixed()
+    wrapped = FusedGradSampleModule(model)
+    wrapped(torch.zeros(0, 3, 24, 24)).sum().backward()
+    assert all(p.grad_sample.shape == (0, *p.shape) for p in model.parameters())
+
+
+def test_accumulation_is_refused_when_forbidden():
+    wrapped = FusedGradSampleModule(Mixed())
+    wrapped.forbid_grad_accumulation()
+    wrapped(torch.randn(2, 3, 24, 24)).sum().backward()
+    with pytest.raises(ValueError, match="gradient accumulation"):
+        wrapped(torch.randn(2, 3, 24, 24))
+
+
+@pytest.mark.parametrize(
+    "layer", [nn.Conv2d(3, 6, 3, groups=3), nn.LayerNorm(4), nn.Conv2d(3, 3, 3, padding="same")]
+)
+def test_unsupported_layers_are_named(layer):
+    with pytest.raises(PrivacyError, match="cannot handle .*use grad_sample_mode='hooks'"):
+        FusedGradSampleModule(nn.Sequential(layer))
+
+
+def test_frozen_layers_get_no_per_example_gradients():
+    model = Mixed()
+    model.stem.requires_grad_(False)
+    FusedGradSampleModule(model)(torch.randn(2, 3, 24, 24)).sum().backward()
+    assert getattr(model.stem.weight, "grad_sample", None) is None
+    assert model.head.weight.grad_sample.shape == (2, 3, 30)
