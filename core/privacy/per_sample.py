@@ -42,19 +42,33 @@ GRAD_SAMPLE_MODE = "fused"
 # gradient in one call at about the cost of the batch gradient; only when the output is tiny
 # and the channels many (ResNet's last stage) does unfold + batched matmul win.
 _UNFOLD_MAX_OUTPUT_PIXELS = 64
+# Parameter attribute: which forward pass (of the wrapper) its grad_sample was last written in.
+_GENERATION = "_fused_generation"
 
 
-def _store(param: torch.Tensor, grad_sample: torch.Tensor, scale: float) -> None:
-    # Scaling the (small) per-example result is cheaper than scaling the layer's output gradient.
-    if scale != 1:
-        grad_sample.mul_(scale)
-    # A module used twice in one forward pass contributes twice to each example's gradient.
-    if param.requires_grad:
-        existing = getattr(param, "grad_sample", None)
-        if existing is not None and existing.shape == grad_sample.shape:
-            param.grad_sample = existing + grad_sample
+def _store(param: torch.Tensor, grad_sample: torch.Tensor, ctx) -> None:
+    """Record one layer call's per-example gradients, Opacus's way.
+
+    Within one forward pass a module used twice adds both contributions to each example's
+    gradient; a second forward/backward pass without clearing appends its batch as a list
+    element, which Opacus's DPOptimizer concatenates (gradient accumulation).
+    """
+    if not param.requires_grad:
+        return
+    if ctx.scale != 1:
+        # Scaling the per-example result is cheaper than scaling the layer's output gradient.
+        grad_sample.mul_(ctx.scale)
+    existing = getattr(param, "grad_sample", None)
+    if existing is None:
+        param.grad_sample = grad_sample
+    elif getattr(param, _GENERATION, None) == ctx.generation:
+        if isinstance(existing, list):
+            existing[-1] = existing[-1] + grad_sample
         else:
-            param.grad_sample = grad_sample
+            param.grad_sample = existing + grad_sample
+    else:
+        param.grad_sample = [*existing, grad_sample] if isinstance(existing, list) else [existing, grad_sample]
+    setattr(param, _GENERATION, ctx.generation)
 
 
 def _conv_weight_grad_sample(
@@ -88,16 +102,16 @@ def _empty_batch_backward(ctx, x: torch.Tensor):
     for index, name in ((1, "weight"), (2, "bias")):
         param = getattr(module, name, None)
         if param is not None and ctx.needs_input_grad[index]:
-            _store(param, param.new_zeros((0, *param.shape)), 1.0)
+            _store(param, param.new_zeros((0, *param.shape)), ctx)
     grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
-    return grad_x, None, None, None, None
+    return grad_x, None, None, None, None, None
 
 
 class _Conv2dPerSample(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, module, scale):
+    def forward(ctx, x, weight, bias, module, scale, generation):
         ctx.save_for_backward(x, weight)
-        ctx.module, ctx.scale, ctx.has_bias = module, scale, bias is not None
+        ctx.module, ctx.scale, ctx.generation, ctx.has_bias = module, scale, generation, bias is not None
         return F.conv2d(x, weight, bias, module.stride, module.padding, module.dilation, module.groups)
 
     @staticmethod
@@ -117,17 +131,17 @@ class _Conv2dPerSample(torch.autograd.Function):
             grad_sample = _conv_weight_grad_sample(
                 x, grad_out, weight.shape, module.stride, module.padding, module.dilation
             )
-            _store(module.weight, grad_sample, ctx.scale)
+            _store(module.weight, grad_sample, ctx)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            _store(module.bias, grad_out.sum(dim=(2, 3)), ctx.scale)
-        return grad_x, None, None, None, None
+            _store(module.bias, grad_out.sum(dim=(2, 3)), ctx)
+        return grad_x, None, None, None, None, None
 
 
 class _LinearPerSample(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, module, scale):
+    def forward(ctx, x, weight, bias, module, scale, generation):
         ctx.save_for_backward(x, weight)
-        ctx.module, ctx.scale, ctx.has_bias = module, scale, bias is not None
+        ctx.module, ctx.scale, ctx.generation, ctx.has_bias = module, scale, generation, bias is not None
         return F.linear(x, weight, bias)
 
     @staticmethod
@@ -142,15 +156,15 @@ class _LinearPerSample(torch.autograd.Function):
         grad_rows = grad_out.reshape(n, -1, grad_out.shape[-1])
         if ctx.needs_input_grad[1]:
             grad_sample = torch.bmm(grad_rows.transpose(1, 2), x.reshape(n, -1, x.shape[-1]))
-            _store(module.weight, grad_sample, ctx.scale)
+            _store(module.weight, grad_sample, ctx)
         if ctx.has_bias and ctx.needs_input_grad[2]:
-            _store(module.bias, grad_rows.sum(dim=1), ctx.scale)
-        return grad_x, None, None, None, None
+            _store(module.bias, grad_rows.sum(dim=1), ctx)
+        return grad_x, None, None, None, None, None
 
 
 class _GroupNormPerSample(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, module, scale):
+    def forward(ctx, x, weight, bias, module, scale, generation):
         n, channels = x.shape[:2]
         hw = x[0, 0].numel() if n else 0
         x = x.contiguous()
@@ -158,7 +172,7 @@ class _GroupNormPerSample(torch.autograd.Function):
             x, weight, bias, n, channels, hw, module.num_groups, module.eps
         )
         ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.module, ctx.scale, ctx.dims = module, scale, (n, channels, hw)
+        ctx.module, ctx.scale, ctx.generation, ctx.dims = module, scale, generation, (n, channels, hw)
         return out
 
     @staticmethod
@@ -178,10 +192,10 @@ class _GroupNormPerSample(torch.autograd.Function):
         per_example = grad_out.reshape(n, channels, -1)
         if ctx.needs_input_grad[1]:
             normalized = (x.reshape(n, groups, -1) - mean.reshape(n, groups, 1)) * rstd.reshape(n, groups, 1)
-            _store(module.weight, (per_example * normalized.reshape(n, channels, -1)).sum(dim=2), ctx.scale)
+            _store(module.weight, (per_example * normalized.reshape(n, channels, -1)).sum(dim=2), ctx)
         if ctx.needs_input_grad[2]:
-            _store(module.bias, per_example.sum(dim=2), ctx.scale)
-        return grad_x, None, None, None, None
+            _store(module.bias, per_example.sum(dim=2), ctx)
+        return grad_x, None, None, None, None, None
 
 
 def _conv_supported(module: nn.Conv2d) -> bool:
@@ -228,6 +242,7 @@ class FusedGradSampleModule(AbstractGradSampleModule):
             )
         super().__init__(m, batch_first=batch_first, loss_reduction=loss_reduction)
         self._forbid_accumulation = False
+        self._generation = 0
         self._patched: list[nn.Module] = []
         for module in m.modules():
             if type(module) in _FUNCTIONS and any(p.requires_grad for p in module.parameters(recurse=False)):
@@ -242,6 +257,7 @@ class FusedGradSampleModule(AbstractGradSampleModule):
                 "Poisson sampling is not compatible with gradient accumulation: call optimizer.step() "
                 "(or zero_grad()) after every forward/backward pass."
             )
+        self._generation += 1
         return self._module(x, *args, **kwargs)
 
     def forbid_grad_accumulation(self) -> None:
@@ -256,6 +272,12 @@ class FusedGradSampleModule(AbstractGradSampleModule):
                 del module.forward
         self._patched = []
 
+    def cleanup(self) -> None:
+        super().cleanup()
+        for p in self._module.parameters():
+            if hasattr(p, _GENERATION):
+                delattr(p, _GENERATION)
+
 
 def _make_forward(owner: FusedGradSampleModule, function: type[torch.autograd.Function]):
     def forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -264,6 +286,6 @@ def _make_forward(owner: FusedGradSampleModule, function: type[torch.autograd.Fu
             return type(module).forward(module, x)
         # With a mean loss each example's gradient arrives divided by the batch size.
         scale = float(x.shape[0]) if owner.loss_reduction == "mean" else 1.0
-        return function.apply(x, weight, bias, module, scale)
+        return function.apply(x, weight, bias, module, scale, owner._generation)
 
     return forward

@@ -105,6 +105,21 @@ def test_empty_batch():
     assert all(p.grad_sample.shape == (0, *p.shape) for p in model.parameters())
 
 
+def test_second_pass_accumulates_like_opacus():
+    # Opacus keeps one tensor per backward pass in a list; its DPOptimizer concatenates them.
+    torch.manual_seed(0)
+    model = Mixed()
+    first, second = (torch.randn(3, 3, 24, 24), torch.tensor([0, 1, 2])), (torch.randn(2, 3, 24, 24), torch.tensor([2, 0]))
+    expected = [reference_grad_samples(model, x, y) for x, y in (first, second)]
+    wrapped = FusedGradSampleModule(model)
+    for x, y in (first, second):
+        F.cross_entropy(wrapped(x), y).backward()
+    for name, p in model.named_parameters():
+        assert isinstance(p.grad_sample, list) and len(p.grad_sample) == 2
+        for got, want in zip(p.grad_sample, expected, strict=True):
+            torch.testing.assert_close(got, want[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_accumulation_is_refused_when_forbidden():
     wrapped = FusedGradSampleModule(Mixed())
     wrapped.forbid_grad_accumulation()
