@@ -13,10 +13,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from core.config import atomic_write_bytes
 from core.data import load_image
 from core.errors import DataError, DopamineError
 from core.inference.files import find_images
+from core.inference.output import check_writable, write_output
 from core.inference.predictor import Prediction, Predictor, open_model
 from core.inference.report import write_csv, write_html
 from core.inference.saliency import overlay
@@ -135,8 +135,7 @@ def predict_files(
                 blended = overlay(predictor.model_view(image), saliency.heatmap, opacity=HEATMAP_OPACITY)
                 if heatmaps is not None:
                     target = heatmaps / names[path]
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    atomic_write_bytes(target, _png(blended))
+                    write_output(target, _png(blended))
                     item.heatmap_file = str(target)
                 if thumbnails and report_heatmaps:
                     item.heatmap_jpeg = _jpeg(blended)
@@ -162,6 +161,11 @@ def run_with(
     on_item: Callable[[BatchItem], None] | None = None,
 ) -> BatchResult:
     """The batch with a predictor already open (the viewer reuses the model the user confirmed)."""
+    for output in (config.csv, config.report):
+        if output is not None:
+            check_writable(output)
+    if config.heatmaps is not None:
+        check_writable(config.heatmaps, folder=True)
     files = find_images(config.inputs)
     if not files:
         shown = ", ".join(str(p) for p in config.inputs)

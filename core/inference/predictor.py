@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from core.data import DR_CLASSES, Preprocessing, load_image, preprocess, resize_crop
-from core.errors import InferenceError, ModelError, ModelPackageError
+from core.errors import ConfigError, InferenceError, ModelError, ModelPackageError
 from core.inference.saliency import Saliency, compute_saliency
 from core.models.package import ModelCard, ModelPackage, load_model, read_package
 
@@ -177,7 +177,7 @@ def open_model(
     package = read_package(path, require_signature=not allow_unverified, trusted_keys=trusted_keys)
     try:
         spec = Preprocessing.from_dict(dict(package.card.preprocessing))
-    except (TypeError, ValueError, KeyError) as exc:
+    except (ConfigError, TypeError, ValueError) as exc:
         raise ModelPackageError(
             f"{path.name}: the model card's preprocessing is invalid ({exc}); ask its author for a new package."
         ) from exc

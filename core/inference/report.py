@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core import __version__
-from core.config import atomic_write_bytes
 from core.inference.card import card_fields
+from core.inference.output import write_output
 
 if TYPE_CHECKING:
     from core.inference.batch import BatchResult
@@ -51,7 +51,7 @@ def csv_text(result: BatchResult) -> str:
 
 
 def write_csv(path: Path, result: BatchResult) -> None:
-    atomic_write_bytes(Path(path), csv_text(result).encode("utf-8"))
+    write_output(Path(path), csv_text(result).encode("utf-8"))
 
 
 def _data_uri(jpeg: bytes | None) -> str:
@@ -127,4 +127,4 @@ def html_text(result: BatchResult, package: ModelPackage) -> str:
 
 
 def write_html(path: Path, result: BatchResult, package: ModelPackage) -> None:
-    atomic_write_bytes(Path(path), html_text(result, package).encode("utf-8"))
+    write_output(Path(path), html_text(result, package).encode("utf-8"))

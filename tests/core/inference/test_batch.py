@@ -131,3 +131,17 @@ def test_a_folder_without_images_is_an_error(package_path, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="No images found"):
         run(BatchConfig(model=package_path, inputs=[tmp_path / "empty"]))
+
+
+def test_unwritable_outputs_fail_before_any_prediction(package_path, image_folder, tmp_path):
+    from core.errors import InferenceError
+
+    (tmp_path / "a_folder.csv").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    messages = []
+    for config in (BatchConfig(model=package_path, inputs=[image_folder], csv=tmp_path / "a_folder.csv"),
+                   BatchConfig(model=package_path, inputs=[image_folder], heatmaps=tmp_path / "a_file"),
+                   BatchConfig(model=package_path, inputs=[image_folder], report=tmp_path / "a_file" / "r.html")):
+        with pytest.raises(InferenceError, match="Cannot write"):
+            run(config, progress=lambda f, m: messages.append(m))
+    assert not any("/" in m and ".png" in m for m in messages)  # no file was predicted

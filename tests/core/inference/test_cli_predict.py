@@ -56,3 +56,10 @@ def test_not_a_package_is_a_clean_error(image_folder, tmp_path, capsys):
     code = main(["predict", str(tmp_path / "m.dpm"), str(image_folder / "a.png")])
     _, err = capsys.readouterr()
     assert code == 1 and err.startswith("error: ") and "Traceback" not in err
+
+
+def test_unwritable_csv_is_a_clean_error(package_path, image_folder, tmp_path, capsys):
+    (tmp_path / "out.csv").mkdir()
+    code = main(["predict", str(package_path), str(image_folder), "--csv", str(tmp_path / "out.csv")])
+    _, err = capsys.readouterr()
+    assert code == 1 and err.startswith("error: Cannot write") and "Traceback" not in err

@@ -10,9 +10,11 @@ from PIL import Image
 from core.data import Preprocessing, load_image, normalize, preprocess
 from core.data.cache import load_tensors
 from core.data.dataset import Sample
-from core.errors import DataError, SignatureError
+from core.errors import DataError, ModelPackageError, SignatureError
 from core.inference import open_model
-from core.models.package import load_model, read_package
+from core.models.package import ModelCard, load_model, read_package, write_package
+from core.models.registry import build_model
+from core.signing import generate_private_key
 
 
 def test_prediction_equals_direct_forward_pass(package_path, tmp_path, kit):
@@ -124,3 +126,16 @@ def test_crop_box_is_the_region_the_model_sees(package_path):
     cropped = image.crop((round(left), round(top), round(left + width), round(top + height))).resize((32, 32))
     difference = np.abs(np.asarray(cropped, int) - np.asarray(predictor.model_view(image), int))
     assert difference.mean() < 3
+
+
+def test_invalid_preprocessing_in_the_card_is_a_package_error(tmp_path):
+    card = ModelCard(
+        architecture="small_cnn", classes=["a", "b"], preprocessing={"size": 4, "colour": "yes"}, mode="c",
+        epsilon=None, delta=None, accountant=None, noise_multiplier=None, sample_rate=None, max_grad_norm=None,
+        steps=None, rounds=None, hospitals=None, image_counts={}, metrics={}, created="2026-01-01T00:00:00Z",
+        software_version="0.1.0",
+    )
+    torch.manual_seed(0)
+    write_package(tmp_path / "odd.dpm", build_model("small_cnn", 2).state_dict(), card, generate_private_key())
+    with pytest.raises(ModelPackageError, match="odd.dpm: the model card's preprocessing is invalid"):
+        open_model(tmp_path / "odd.dpm")
