@@ -9,6 +9,7 @@ Routes (all JSON unless noted)::
     GET  /v1/plan                                   the plan and its hash
     GET  /v1/hospitals                              enrolled hospitals' key fingerprints
     GET  /v1/state?since=ETAG&wait=SECONDS          long poll: what this hospital should do now
+    GET  /v1/presence?wait=SECONDS                  held open while the hospital runs (liveness)
     GET  /v1/models/{round}.dpm                     signed global model after `round` rounds (binary)
     GET  /v1/rounds/{round}/result                  metrics and participants of a finished round
     GET  /v1/rounds/{round}/{attempt}/{step}        the coordinator's answer to a step (binary)
@@ -206,9 +207,29 @@ def create_app(coordinator: Coordinator) -> FastAPI:
                 try:
                     await asyncio.wait_for(event.wait(), timeout=min(1.0, remaining))
                 except TimeoutError:
-                    if await request.is_disconnected():
-                        disconnected = True
-                        return view
+                    pass
+                if await request.is_disconnected():
+                    disconnected = True
+                    return view
+        finally:
+            coordinator.poll_ended(hospital_id, disconnected=disconnected)
+
+    @app.get("/v1/presence")
+    async def presence(request: Request, wait: float = 0.0) -> dict:
+        """Held open by each hospital while it runs: when the connection drops, the coordinator stops
+        waiting for that hospital in the current step."""
+        hospital_id, _ = await authenticate(request)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + min(max(wait, 0.0), LONG_POLL_S)
+        disconnected = False
+        coordinator.poll_started(hospital_id)
+        try:
+            while loop.time() < end:
+                await asyncio.sleep(min(0.5, max(0.0, end - loop.time())))
+                if await request.is_disconnected():
+                    disconnected = True
+                    break
+            return {"ok": True}
         finally:
             coordinator.poll_ended(hospital_id, disconnected=disconnected)
 

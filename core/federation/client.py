@@ -25,12 +25,13 @@ import json
 import logging
 import math
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from core.config import atomic_write_bytes
-from core.errors import ConfigError, DataError, FederationError, PrivacyBudgetExceeded
+from core.errors import Cancelled, ConfigError, DataError, FederationError, PrivacyBudgetExceeded
 from core.federation.audit import AuditLog
 from core.federation.events import (
     BudgetCharged,
@@ -56,6 +57,7 @@ __all__ = ["JoinConfig", "JoinResult", "plan_cost", "read_invitation", "run"]
 log = logging.getLogger("dopamine.federation.client")
 
 STATE_VERSION = 1
+PRESENCE_WAIT_S = 15.0
 
 
 @dataclass
@@ -220,6 +222,32 @@ class _Participant:
         self.model = build_model(plan.model, len(plan.classes))
         self.layout = ParameterLayout(self.model)
 
+    def _keep_present(self) -> None:
+        """Hold a long poll open at all times (own connection), so the coordinator notices at once,
+        from the dropped connection, when this process dies, and does not wait for it."""
+        from core.federation.transport import CoordinatorConnection
+
+        connection = CoordinatorConnection(
+            self.invitation.coordinator_url, self.work.ca, federation_id=self.invitation.federation_id,
+            hospital_id=self.invitation.hospital_id, key=self.key, cancel=self.presence_stop,
+            read_timeout_s=PRESENCE_WAIT_S + 30.0, max_backoff_s=self.config.max_backoff_s)
+        try:
+            while not self.presence_stop.cancelled:
+                try:
+                    connection.request("GET", "/v1/presence", params={"wait": PRESENCE_WAIT_S})
+                except Cancelled:
+                    break
+                except FederationError:
+                    self.presence_stop.wait(1.0)  # refused (e.g. not enrolled yet): try again shortly
+        except Cancelled:
+            pass
+        finally:
+            connection.close()
+
+    def start_presence(self) -> None:
+        self.presence_stop = CancelToken()
+        threading.Thread(target=self._keep_present, name="dopamine-presence", daemon=True).start()
+
     def _on_retry(self, message: str) -> None:
         problem = message.split("; retrying")[0]
         if problem != self.last_error:  # once per kind of trouble, not on every retry
@@ -227,6 +255,8 @@ class _Participant:
             self.emit(ErrorEvent(message=message, fatal=False))
 
     def close(self) -> None:
+        if getattr(self, "presence_stop", None) is not None:
+            self.presence_stop.cancel()
         if getattr(self, "net", None) is not None:
             self.net.close()
         if getattr(self, "ledger", None) is not None:
@@ -508,7 +538,6 @@ class _Participant:
         message = ctx["client"].unmask(request)
         self._upload(round, attempt, "unmask", message.to_bytes(),
                      "secure aggregation: key shares of the hospitals that dropped out")
-        self.round_ctx = None
 
     # -- the end --------------------------------------------------------------------------------
 
@@ -556,6 +585,7 @@ def run(
     try:
         participant.prepare()
         participant.enroll()
+        participant.start_presence()
         result = participant.participate()
         log.info("federation %s ended (%s) after %.1f s", invitation.federation_id, result.reason,
                  time.monotonic() - started)

@@ -25,7 +25,6 @@ import datetime as dt
 import hashlib
 import logging
 import math
-import os
 import secrets
 import threading
 import time
@@ -244,8 +243,9 @@ class Coordinator:
     def poll_ended(self, hospital_id: str, *, disconnected: bool) -> None:
         presence = self._presence.setdefault(hospital_id, _Presence(time.time()))
         presence.polls = max(0, presence.polls - 1)
-        if disconnected and presence.polls == 0:
-            # The hospital's process died (or lost the network) while waiting for us: stop waiting for it.
+        if disconnected:
+            # The hospital's process died (or lost the network) while waiting for us: stop waiting for
+            # it. Its next request, if it comes back, makes it present again.
             presence.gone = True
             log.info("hospital %s disconnected while waiting", hospital_id)
             self._kick.set()
@@ -463,6 +463,11 @@ class Coordinator:
     # -- advancing ------------------------------------------------------------------------------
 
     def _advance_loop(self) -> None:
+        if self.plan.is_private:  # load the accountant now (seconds) rather than at the end of round 1
+            from core.privacy.accountant import compute_epsilon
+
+            compute_epsilon(sample_rate=float(self.plan.sample_rate or 0.01), steps=1, delta=float(self.plan.delta),
+                            noise_multiplier=float(self.plan.noise_multiplier), accountant=self.plan.accountant)
         while not self._stop.is_set():
             self._kick.wait(timeout=1.0)
             self._kick.clear()
@@ -733,17 +738,7 @@ class Coordinator:
             created=_iso(), software_version=__version__,
             description=f"Federated {plan.mode.upper()} model of {plan.name}, round {round} of {plan.rounds}",
         )
-        target = self.paths.model_package(round)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        try:
-            sha = write_package(tmp, self._state_dict(self._weights), card, self.signing_key)
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return sha
+        return write_package(self.paths.model_package(round), self._state_dict(self._weights), card, self.signing_key)
 
     def _epsilon_bound(self, round: int, included: list[str]) -> tuple[float | None, int | None]:
         """The largest epsilon any hospital has spent on this model, from the declared image counts."""
