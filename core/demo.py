@@ -18,7 +18,7 @@ def main() -> int:
     data = OUT / "data"
     steps = [
         ["demo-data", str(data), "--hospitals", "3", "--per-hospital", "300", "--size", "128", "--seed", "7"],
-        ["inspect", str(data / "hospital_01")],
+        ["inspect", str(data / "hospital_01"), "--min-size", "64"],
         ["train", str(data / "hospital_01"), "--mode", "cdp", "--model", "small_cnn", "--image-size", "64",
          "--epochs", "8", "--batch-size", "32", "--lr", "0.1", "--target-epsilon", "8", "--delta", "1e-4",
          "--ledger", str(OUT / "privacy-ledger.sqlite"), "--max-epsilon", "20",
