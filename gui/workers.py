@@ -23,7 +23,7 @@ from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
 from core.errors import Cancelled
 from core.jobs import CancelToken
 
-PROGRESS_INTERVAL_S = 0.05
+PROGRESS_INTERVAL_S = 0.1
 
 
 class JobHandle(QObject):

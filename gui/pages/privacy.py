@@ -154,11 +154,16 @@ class PrivacyPage(Page):
         self.export_json_button.clicked.connect(lambda: self.export("json"))
         self.check_button.clicked.connect(self.check_plan)
         self.cap_enabled.toggled.connect(self.cap_spin.setEnabled)
-        context.ledger_changed.connect(self.refresh)
-        context.settings_changed.connect(self.refresh)
+        context.ledger_changed.connect(self._changed)
+        context.settings_changed.connect(self._changed)
 
     def on_shown(self) -> None:
         self.refresh()
+
+    def _changed(self) -> None:
+        # Composing the ledger's ε is real work: a hidden page waits until it is shown again.
+        if self.isVisible():
+            self.refresh()
 
     def refresh(self) -> None:
         self.context.runner.start(read_ledger, self.context.ledger_path, name="read ledger",

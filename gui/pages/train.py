@@ -26,7 +26,7 @@ from core.errors import ConfigError
 from gui.context import AppContext
 from gui.dialogs import show_error
 from gui.pages.privacy import parse_delta
-from gui.train_cost import TrainingCost, estimate_training_cost
+from gui.training_jobs import TrainingCost, estimate_training_cost, train_in_child
 from gui.widgets.common import Banner, Card, KeyValueCard, button, label
 from gui.widgets.job_progress import JobProgress
 from gui.widgets.page import Page
@@ -179,9 +179,14 @@ class TrainPage(Page):
             signal.connect(self._cost_timer.start)
         self.data_picker.path_chosen.connect(lambda _p: self._show_dataset())
         context.dataset_changed.connect(lambda _r: self._show_dataset())
-        context.ledger_changed.connect(self._cost_timer.start)
+        context.ledger_changed.connect(self._ledger_changed)
         self._show_dataset()
         self._mode_changed()
+
+    def _ledger_changed(self) -> None:
+        # While this page's own run charges the ledger, the preview waits for the run to end.
+        if not (self.job is not None and self.job.running):
+            self._cost_timer.start()
 
     # ---- form -------------------------------------------------------------------------------
     def _mode_changed(self) -> None:
@@ -277,8 +282,6 @@ class TrainPage(Page):
         except ConfigError as exc:
             show_error(self, exc)
             return
-        from core.training.trainer import run
-
         for plot in (self.loss_plot, self.accuracy_plot, self.epsilon_plot):
             plot.clear_series()
         self.result_card.setVisible(False)
@@ -288,7 +291,7 @@ class TrainPage(Page):
         self.status.show_message(f"Training {self.model.currentText().split(' (')[0]} on {config.data}. "
                                  "The window stays usable; Cancel stops at the next batch.", "info")
         self.job = self.context.runner.start(
-            run, config, name="local training", on_event=self.add_epoch, event_kwarg="on_epoch", precious=True,
+            train_in_child, config, name="local training", on_event=self.add_epoch, event_kwarg="on_epoch", precious=True,
             on_done=self.show_result, on_error=self._failed, on_cancelled=self._cancelled)
         self.job.finished.connect(self._ended)
         self.progress.bind(self.job, "Preparing…")
@@ -303,10 +306,10 @@ class TrainPage(Page):
         self.accuracy_plot.append("quadratic κ", stats.epoch, stats.val_kappa)
         if stats.epsilon is not None:
             self.epsilon_plot.append("ε", stats.epoch, stats.epsilon)
-        self.context.ledger_changed.emit()
 
     def _ended(self) -> None:
         self.start_button.setEnabled(True)
+        self._cost_timer.start()
 
     def _failed(self, exc: BaseException) -> None:
         self.status.show_message(f"Training stopped: {exc}", "error")

@@ -19,6 +19,7 @@ class JobProgress(QWidget):
         self.bar.setTextVisible(False)
         self.bar.setMaximumWidth(260)
         self.message = QLabel()
+        self._cancel_text = cancel_text
         self.cancel_button = QPushButton(cancel_text)
         self.cancel_button.setProperty("danger", True)
         layout.addWidget(self.bar)
@@ -26,6 +27,10 @@ class JobProgress(QWidget):
         layout.addWidget(self.cancel_button)
         self.cancel_button.clicked.connect(self.cancel)
         self._handle: JobHandle | None = None
+        # Keep the space when hidden: showing it must not re-lay out (and repaint) the whole page.
+        policy = self.sizePolicy()
+        policy.setRetainSizeWhenHidden(True)
+        self.setSizePolicy(policy)
         self.setVisible(False)
 
     def bind(self, handle: JobHandle, message: str = "Starting…") -> None:
@@ -33,22 +38,22 @@ class JobProgress(QWidget):
         self.bar.setValue(0)
         self.message.setText(message)
         self.cancel_button.setEnabled(True)
-        self.cancel_button.setText("Cancel")
+        self.cancel_button.setText(self._cancel_text)
         self.setVisible(True)
         handle.progress.connect(self.set_progress)
         handle.finished.connect(self._finished)
 
     def set_progress(self, fraction: float, message: str) -> None:
         self.bar.setValue(int(max(0.0, min(1.0, fraction)) * 1000))
-        if message:
+        if message and message != self.message.text():
             self.message.setText(message)
 
     def cancel(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self.cancel_button.setEnabled(False)
-            self.cancel_button.setText("Cancelling…")
-            self.message.setText("Cancelling: stopping at the next safe point…")
+            self.cancel_button.setText("Stopping…")
+            self.message.setText("Stopping at the next safe point…")
 
     @property
     def running(self) -> bool:

@@ -1,0 +1,147 @@
+"""Worker-thread jobs for the Federation page: review an invitation, run the client, ask the coordinator.
+
+``review_invitation`` reads the invitation and works out, before joining, what taking part costs this
+hospital against its ledger. ``join`` runs core.federation.client.run against the hospital's single
+privacy ledger. ``coordinator_view`` asks the coordinator (a signed GET: nothing of the hospital's is
+sent) for the round, phase, participants and the enrolled hospitals' identity keys, whose
+fingerprints are computed here from the keys for out-of-band comparison.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gui.ledger_jobs import LedgerSnapshot, PlanVerdict, check_plan, read_ledger
+
+# File names inside the client's work folder (documented in core.federation.client's docstring).
+IDENTITY_FILE = "identity.key"
+CA_FILE = "ca.pem"
+
+
+def federation_workdir(federations_folder: Path, invitation: Any) -> Path:
+    """One folder per federation and invited hospital, named so a person can tell them apart."""
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in invitation.federation_name)[:40]
+    return Path(federations_folder) / f"{safe}-{invitation.federation_id}-{invitation.hospital_id}"
+
+
+@dataclass
+class InvitationReview:
+    path: Path
+    invitation: Any  # core.federation.invitation.Invitation
+    workdir: Path
+    resumable: bool  # this hospital already started in this federation (join resumes it)
+    ledger: LedgerSnapshot
+    num_images: int | None
+    accountant: str
+    epsilon_cost: float | None  # the whole plan, for this hospital; None when it needs the image count
+    verdict: PlanVerdict | None  # the ledger before/after, against the cap
+    problem: str = ""  # why joining is not possible yet, in words
+
+    @property
+    def private(self) -> bool:
+        return self.invitation.plan.is_private
+
+
+def review_invitation(path: Path, *, num_images: int | None, ledger_path: Path,
+                      federations_folder: Path) -> InvitationReview:
+    from core.federation.invitation import read_invitation
+    from core.federation.plan import hospital_privacy_cost, plan_cost
+
+    invitation = read_invitation(Path(path))
+    plan = invitation.plan
+    ledger = read_ledger(ledger_path)
+    accountant = ledger.accountant if ledger.exists else plan.accountant
+    workdir = federation_workdir(federations_folder, invitation)
+    resumable = (workdir / IDENTITY_FILE).exists()
+    review = InvitationReview(Path(path), invitation, workdir, resumable, ledger, num_images, accountant,
+                              None, None)
+    if num_images is None:
+        review.problem = "Check this hospital's images on the Data page first: the federation trains on them."
+    if not plan.is_private:
+        review.epsilon_cost = 0.0
+        return review
+    if ledger.max_epsilon is None:
+        review.problem = ("This federation uses differential privacy: set this hospital's privacy cap on the "
+                          "Privacy page first.")
+    elif ledger.delta is not None and ledger.delta != plan.delta:
+        review.problem = (f"The federation's δ = {plan.delta:g} differs from this hospital's ledger "
+                          f"(δ = {ledger.delta:g}); ask the coordinator, or change δ on the Privacy page.")
+    if plan.mode == "fpdp" and num_images is None:
+        return review
+    count = num_images or 1  # FSCDP's cost does not depend on the image count
+    review.epsilon_cost = plan_cost(plan, count, accountant)
+    noise, rate, steps = hospital_privacy_cost(plan, count)
+    review.verdict = check_plan(ledger_path, noise_multiplier=noise, sample_rate=rate, steps=steps,
+                                delta=plan.delta, accountant=accountant)
+    return review
+
+
+def join(review: InvitationReview, *, data: Path, ledger_path: Path, threads: int,
+         progress, cancel, on_event) -> Any:
+    """Take part (or resume taking part) in the federation, in a child process; returns core's JoinResult.
+
+    The arguments are core.federation.client.JoinConfig's (see gui.child_jobs for why a child process).
+    """
+    from gui.child_jobs import run_child
+
+    config = {"invitation": str(review.path), "data": str(data), "workdir": str(review.workdir),
+              "max_epsilon": review.ledger.max_epsilon if review.private else None,
+              "ledger": str(ledger_path), "accountant": review.accountant, "threads": threads}
+    return run_child("join", {"config": config}, progress=progress, cancel=cancel, on_event=on_event)
+
+
+@dataclass
+class Peer:
+    hospital_id: str
+    name: str
+    status: str
+    fingerprint: str  # computed here from the public key the coordinator serves
+    coordinator_agrees: bool  # the coordinator's own fingerprint string matches
+    rounds_included: int | None
+    is_this_hospital: bool
+
+
+@dataclass
+class CoordinatorView:
+    status: str
+    round: int
+    rounds: int
+    phase: str
+    model_round: int
+    last_included: list[str] = field(default_factory=list)
+    last_metrics: dict = field(default_factory=dict)
+    peers: list[Peer] = field(default_factory=list)
+
+
+def coordinator_view(invitation_path: Path, workdir: Path, *, cancel) -> CoordinatorView:
+    """The coordinator's public status and the enrolled hospitals (needs this hospital enrolled)."""
+    from core.federation.invitation import read_invitation
+    from core.federation.transport import CoordinatorConnection
+    from core.signing import fingerprint, load_private_key
+
+    invitation = read_invitation(Path(invitation_path))
+    connection = CoordinatorConnection(
+        invitation.coordinator_url, Path(workdir) / CA_FILE, federation_id=invitation.federation_id,
+        hospital_id=invitation.hospital_id, key=load_private_key(Path(workdir) / IDENTITY_FILE), cancel=cancel,
+        read_timeout_s=20.0, give_up_after_s=10.0)
+    try:
+        status = connection.get_json("/v1/status")
+        hospitals = connection.get_json("/v1/hospitals")["hospitals"]
+    finally:
+        connection.close()
+    included = {h["hospital_id"]: h.get("rounds_included") for h in status.get("hospitals", [])}
+    peers = []
+    for entry in hospitals:
+        computed = fingerprint(base64.b64decode(entry["public_key"]))
+        peers.append(Peer(entry["hospital_id"], entry.get("name", ""), entry.get("status", ""), computed,
+                          computed == entry.get("fingerprint"), included.get(entry["hospital_id"]),
+                          entry["hospital_id"] == invitation.hospital_id))
+    last = status.get("last_round") or {}
+    return CoordinatorView(status=status.get("status", ""), round=int(status.get("round", 0)),
+                           rounds=int(status.get("rounds", invitation.plan.rounds)),
+                           phase=str(status.get("phase", "")), model_round=int(status.get("model_round", 0)),
+                           last_included=list(last.get("included", [])), last_metrics=dict(last.get("metrics") or {}),
+                           peers=peers)
