@@ -1,0 +1,84 @@
+"""Privacy page: the cap is saved in the ledger, charges show as a table and a curve, plans over the
+cap are refused before anything runs, and the ledger exports."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from PySide6.QtWidgets import QFileDialog
+
+from core.privacy.ledger import PrivacyLedger
+
+
+def _wait_snapshot(qtbot, page, *, exists=True):
+    qtbot.waitUntil(lambda: page.snapshot is not None and page.snapshot.exists == exists, timeout=20000)
+
+
+def test_cap_charges_curve_and_a_refused_plan(window, qtbot):
+    page = window.show_page("privacy")
+    _wait_snapshot(qtbot, page, exists=False)
+    assert "No private work yet" in page.spent_detail.text()
+
+    page.cap_enabled.setChecked(True)
+    page.cap_spin.setValue(2.0)
+    page.delta_edit.setText("1e-5")
+    page.snapshot = None
+    page.save_cap()
+    _wait_snapshot(qtbot, page)
+    with PrivacyLedger(window.context.ledger_path) as ledger:
+        assert (ledger.max_epsilon, ledger.delta) == (2.0, 1e-5)
+        ledger.charge(noise_multiplier=1.2, sample_rate=0.01, steps=200, description="local run, epoch 1")
+        ledger.charge(noise_multiplier=1.2, sample_rate=0.01, steps=200, description="local run, epoch 2")
+        spent = ledger.spent()
+    window.context.ledger_changed.emit()
+    qtbot.waitUntil(lambda: page.table.rowCount() == 2, timeout=20000)
+    assert page.table.item(1, 1).text() == "local run, epoch 2"
+    assert page.curve.series("ε after charge") == ([1.0, 2.0], [pytest.approx(page.snapshot.entries[0].epsilon_after),
+                                                               pytest.approx(spent)])
+    assert page.spent_label.text() == f"ε = {spent:.3g} of 2"
+    assert 0 < page.spent_bar.value() < 1000
+
+    # A plan that would pass the cap is refused, and nothing is charged for asking.
+    page.plan_sigma.setValue(0.5)
+    page.plan_q.setValue(0.1)
+    page.plan_steps.setValue(5000)
+    page.check_plan()
+    qtbot.waitUntil(lambda: page.last_verdict is not None, timeout=20000)
+    assert not page.last_verdict.allowed
+    assert page.verdict.kind == "error" and page.verdict.text().startswith("Refused:")
+    page.last_verdict = None
+    page.plan_sigma.setValue(5.0)
+    page.plan_q.setValue(0.001)
+    page.plan_steps.setValue(10)
+    page.check_plan()
+    qtbot.waitUntil(lambda: page.last_verdict is not None, timeout=20000)
+    assert page.last_verdict.allowed and page.verdict.text().startswith("Allowed:")
+    with PrivacyLedger(window.context.ledger_path) as ledger:
+        assert len(ledger.entries()) == 2
+
+
+def test_the_ledger_exports_as_csv_and_json(window, qtbot, tmp_path, monkeypatch):
+    with PrivacyLedger(window.context.ledger_path, max_epsilon=5.0, delta=1e-5) as ledger:
+        ledger.charge(noise_multiplier=1.0, sample_rate=0.02, steps=100, description="a charge")
+    page = window.show_page("privacy")
+    _wait_snapshot(qtbot, page)
+    for fmt in ("csv", "json"):
+        target = tmp_path / f"ledger.{fmt}"
+        monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, t=target, **k: (str(t), ""))
+        page.export(fmt)
+        qtbot.waitUntil(target.exists, timeout=20000)
+    rows = list(csv.DictReader((tmp_path / "ledger.csv").open()))
+    assert len(rows) == 1 and rows[0]["description"] == "a charge"
+    assert json.loads((tmp_path / "ledger.json").read_text())["max_epsilon"] == 5.0
+
+
+def test_a_bad_delta_is_explained(window, qtbot):
+    page = window.show_page("privacy")
+    page.delta_edit.setText("lots")
+    page.save_cap()
+    from PySide6.QtWidgets import QMessageBox
+
+    box = window.findChild(QMessageBox, "errorDialog")
+    assert box is not None and "not a number" in box.text()
