@@ -10,6 +10,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,6 +76,20 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
+def _open_ledger(config: TrainConfig, delta: float):
+    """The hospital's ledger. A new ledger adopts this run's delta and accountant; an existing one keeps
+    its own (all its charges compose at its delta); ``max_epsilon``, when given, sets the cap."""
+    from core.paths import default_ledger_path
+    from core.privacy.ledger import PrivacyLedger
+
+    ledger = PrivacyLedger(config.ledger or default_ledger_path())
+    if ledger.delta is None:
+        ledger.set_cap(config.max_epsilon, delta, accountant=config.accountant)
+    elif config.max_epsilon is not None and config.max_epsilon != ledger.max_epsilon:
+        ledger.set_cap(config.max_epsilon)
+    return ledger
+
+
 def _open_run_log(run_dir: Path) -> logging.Handler:
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
@@ -111,13 +126,17 @@ def run(
 
 
 def _run(config, run_id, run_dir, progress, cancel, on_epoch) -> TrainResult:
+    with ExitStack() as closing:
+        return _train(config, run_id, run_dir, progress, cancel, on_epoch, closing)
+
+
+def _train(config, run_id, run_dir, progress, cancel, on_epoch, closing: ExitStack) -> TrainResult:
     import torch
 
     from core.data import Preprocessing, load_tensors, stratified_split, validate
     from core.models.package import ModelCard, write_package
     from core.models.registry import build_model
     from core.privacy.accountant import calibrate_noise_multiplier, check_delta, compute_epsilon
-    from core.privacy.ledger import PrivacyLedger
     from core.signing import load_or_create_private_key
     from core.training.loop import DPSettings, evaluate_model, steps_per_epoch, train_local
     from core.training.metrics import majority_baseline
@@ -170,10 +189,8 @@ def _run(config, run_id, run_dir, progress, cancel, on_epoch) -> TrainResult:
         epsilon = compute_epsilon(sample_rate=sample_rate, noise_multiplier=noise_multiplier,
                                   steps=total_steps, delta=delta, accountant=config.accountant)
         dp = DPSettings(noise_multiplier=noise_multiplier, max_grad_norm=config.max_grad_norm)
-        from core.paths import default_ledger_path
-
-        ledger = PrivacyLedger(config.ledger or default_ledger_path(), max_epsilon=config.max_epsilon,
-                               delta=delta, accountant=config.accountant)
+        ledger = _open_ledger(config, delta)
+        closing.callback(ledger.close)
         # Refuse before any step when the whole run would pass the cap.
         if ledger.max_epsilon is not None:
             after = ledger.epsilon_if(noise_multiplier, sample_rate, total_steps)
