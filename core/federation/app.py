@@ -262,11 +262,12 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         big = step in ("mask", "update")
         limit = coordinator.update_body_limit if big else CONTROL_BODY_LIMIT * 16
         if big:
-            async with uploads:
+            async with uploads:  # the body is held only until the coordinator has taken it in
                 hospital_id, body = await authenticate(request, limit=limit)
+                await run_in_threadpool(coordinator.submit, hospital_id, round, attempt, step, body)
         else:
             hospital_id, body = await authenticate(request, limit=limit)
-        await run_in_threadpool(coordinator.submit, hospital_id, round, attempt, step, body)
+            await run_in_threadpool(coordinator.submit, hospital_id, round, attempt, step, body)
         return {"ok": True, "bytes": len(body)}
 
     @app.post("/v1/decline", openapi_extra=JSON_BODY)

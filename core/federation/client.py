@@ -169,6 +169,7 @@ class _Participant:
         self.work = _Workdir(config.workdir)
         self.state = self.work.load_state(invitation)
         self.round_ctx: dict | None = None
+        self.next_round_epsilon: float | None = None
         self.etag = ""
         self.peers: dict[str, bytes] | None = None
         self.global_state: dict | None = None
@@ -347,6 +348,12 @@ class _Participant:
         if not view["participant"] or view["submitted"]:
             return
         self.emit(PhaseChanged(round=round, phase=step))
+        try:
+            self._do_step(ctx, view, step)
+        except PrivacyBudgetExceeded:
+            return  # _charge declined for us; the next poll ends the membership as "declined"
+
+    def _do_step(self, ctx: dict, view: dict, step: str) -> None:
         if step == "update":
             self._plain_update(ctx, view)
         elif step == "advertise":
@@ -373,7 +380,16 @@ class _Participant:
     def _budget_allows(self, round: int) -> bool:
         if self.ledger is None or self.ledger.max_epsilon is None:
             return True
-        return self.ledger.epsilon_if(*self._round_cost()) <= self.ledger.max_epsilon
+        after, self.next_round_epsilon = self.next_round_epsilon, None
+        if after is None:
+            after = self.ledger.epsilon_if(*self._round_cost())
+        return after <= self.ledger.max_epsilon
+
+    def _look_ahead(self) -> None:
+        """Compute the next round's epsilon now, while the others finish this round (the accountant
+        takes a noticeable fraction of a second). charge() still checks the cap itself."""
+        if self.ledger is not None and self.ledger.max_epsilon is not None:
+            self.next_round_epsilon = self.ledger.epsilon_if(*self._round_cost())
 
     def _decline(self, round: int) -> None:
         spent = self.ledger.spent()
@@ -391,15 +407,16 @@ class _Participant:
         if self.ledger is None:
             return
         noise, rate, steps = self._round_cost()
+        self.next_round_epsilon = None
         try:
-            self.ledger.charge(noise_multiplier=noise, sample_rate=rate, steps=steps,
-                               description=f"federation {self.invitation.federation_name} ({self.plan.mode.upper()}) "
-                                           f"round {round} attempt {attempt}",
-                               key=self._ledger_key(round, attempt))
+            entry = self.ledger.charge(noise_multiplier=noise, sample_rate=rate, steps=steps,
+                                       description=f"federation {self.invitation.federation_name} "
+                                                   f"({self.plan.mode.upper()}) round {round} attempt {attempt}",
+                                       key=self._ledger_key(round, attempt))
         except PrivacyBudgetExceeded:
             self._decline(round)
             raise
-        self.emit(BudgetCharged(round=round, epsilon=self.ledger.spent(), max_epsilon=self.ledger.max_epsilon))
+        self.emit(BudgetCharged(round=round, epsilon=entry.epsilon_after, max_epsilon=self.ledger.max_epsilon))
 
     # -- models ---------------------------------------------------------------------------------
 
@@ -462,13 +479,15 @@ class _Participant:
         round, attempt = ctx["round"], ctx["attempt"]
         self._load_global_into_model()
         self._charge(round, attempt)
+        started = time.perf_counter()
         result = train_delta(self.model, self.layout, self.images, self.labels, self.spec, self.plan,
                              on_step=lambda step, loss: self.emit(LocalStepDone(round=round, step=step, loss=loss)),
                              cancel=self.cancel)
+        compute_s = time.perf_counter() - started
         body = tensors_to_bytes(self.layout.unflatten(result.vector))
         self.state.rounds_uploaded[str(round)] = attempt
         self._upload(round, attempt, "update", body, f"model delta ({self.plan.mode.upper()})")
-        self.emit(Uploaded(round=round, what="model delta", bytes=len(body)))
+        self.emit(Uploaded(round=round, what="model delta", bytes=len(body), compute_s=compute_s))
 
     def _secagg_client(self, ctx: dict, view: dict):
         import base64
@@ -511,16 +530,20 @@ class _Participant:
         bundle = ShareBundle.from_bytes(self.net.request("GET", f"/v1/rounds/{round}/{attempt}/share").content)
         self._load_global_into_model()
         if self.plan.mode == "fscdp":
+            started = time.perf_counter()
             result = fscdp_step(self.model, self.layout, self.images, self.labels, self.spec, self.plan)
+            compute_s = time.perf_counter() - started
             self.emit(LocalStepDone(round=round, step=1, loss=result.loss))
             values = result.vector
             what = "masked, noised clipped-gradient sum (FSCDP)"
             self._charge(round, attempt)
         else:
             self._charge(round, attempt)
+            started = time.perf_counter()
             result = train_delta(self.model, self.layout, self.images, self.labels, self.spec, self.plan,
                                  on_step=lambda s, loss: self.emit(LocalStepDone(round=round, step=s, loss=loss)),
                                  cancel=self.cancel)
+            compute_s = time.perf_counter() - started
             weight = self.num_images / max(1, int(view.get("max_images") or self.num_images))
             values = weight * clip_l2(result.vector, float(self.plan.update_bound))
             what = f"masked model delta ({self.plan.mode.upper()})"
@@ -528,7 +551,8 @@ class _Participant:
         body = message.to_bytes()
         self.state.rounds_uploaded[str(round)] = attempt
         self._upload(round, attempt, "mask", body, what)
-        self.emit(Uploaded(round=round, what=what, bytes=len(body)))
+        self.emit(Uploaded(round=round, what=what, bytes=len(body), compute_s=compute_s))
+        self._look_ahead()
 
     def _unmask(self, ctx: dict) -> None:
         from core.secagg import UnmaskRequest

@@ -106,6 +106,7 @@ class Coordinator:
         self._submitted: dict[str, set[str]] = {}
         self._left: set[str] = set()
         self._evaluation = None
+        self._epsilon_cache: dict[tuple[float, int], float] = {}
         self._hospitals = {h.hospital_id: h for h in self.store.hospitals()}
         self._meta = self.store.all_meta()
         self._load_global_model()
@@ -745,25 +746,35 @@ class Coordinator:
         plan = self.plan
         if not plan.is_private or round == 0:
             return (None, None) if not plan.is_private else (0.0, 0)
+        counts = {h.hospital_id: h.rounds_included + (h.hospital_id in included) for h in self._hospitals.values()}
+        costs = []  # (sample rate, steps, steps one round later) per hospital
+        for hospital_id, rounds in counts.items():
+            if plan.mode == "fscdp":
+                costs.append((float(plan.sample_rate), rounds, rounds + 1))
+            else:
+                per_round, rate = fpdp_round_cost(plan, self._hospitals[hospital_id].num_images)
+                costs.append((rate, per_round * rounds, per_round * (rounds + 1)))
+        best, best_steps = 0.0, 0
+        for rate, steps, _ in costs:
+            if steps > 0:
+                eps = self._epsilon(rate, steps)
+                if eps >= best:
+                    best, best_steps = eps, steps
+        # The accountant takes a noticeable fraction of a second: work out the next round's values
+        # while the hospitals compute, so publishing the next model does not wait for it.
+        upcoming = {(rate, later) for rate, _, later in costs}
+        threading.Thread(target=lambda: [self._epsilon(r, n) for r, n in upcoming], daemon=True).start()
+        return best, best_steps
+
+    def _epsilon(self, sample_rate: float, steps: int) -> float:
         from core.privacy.accountant import compute_epsilon
 
-        counts = {h.hospital_id: h.rounds_included + (h.hospital_id in included) for h in self._hospitals.values()}
-        if plan.mode == "fscdp":
-            steps = max(counts.values(), default=0)
-            if steps == 0:
-                return 0.0, 0
-            return compute_epsilon(sample_rate=float(plan.sample_rate), noise_multiplier=float(plan.noise_multiplier),
-                                   steps=steps, delta=float(plan.delta), accountant=plan.accountant), steps
-        best, best_steps = 0.0, 0
-        for hospital_id, rounds in counts.items():
-            if rounds == 0:
-                continue
-            per_round, rate = fpdp_round_cost(plan, self._hospitals[hospital_id].num_images)
-            eps = compute_epsilon(sample_rate=rate, noise_multiplier=float(plan.noise_multiplier),
-                                  steps=per_round * rounds, delta=float(plan.delta), accountant=plan.accountant)
-            if eps >= best:
-                best, best_steps = eps, per_round * rounds
-        return best, best_steps
+        key = (sample_rate, steps)
+        if key not in self._epsilon_cache:
+            self._epsilon_cache[key] = compute_epsilon(
+                sample_rate=sample_rate, noise_multiplier=float(self.plan.noise_multiplier), steps=steps,
+                delta=float(self.plan.delta), accountant=self.plan.accountant)
+        return self._epsilon_cache[key]
 
     def _prune_models(self, round: int) -> None:
         keep = self.settings.keep_models

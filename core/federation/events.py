@@ -74,6 +74,7 @@ class Uploaded(FederationEvent):
     round: int
     what: str
     bytes: int
+    compute_s: float = 0.0  # local computation for this upload (training or the DP-SGD step)
 
 
 @dataclass(frozen=True)

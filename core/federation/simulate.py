@@ -31,7 +31,7 @@ from core.jobs import NEVER_CANCELLED, CancelToken, ProgressFn, no_progress
 # Defaults per mode, tuned so the 3-hospital demo on synthetic data learns well past the
 # majority-class baseline in a few minutes on 2 CPU cores (see the FEDERATION report).
 MODE_DEFAULTS: dict[str, dict] = {
-    "fscdp": {"rounds": 150, "sample_rate": 0.2, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "lr": 1.0,
+    "fscdp": {"rounds": 200, "sample_rate": 0.2, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "lr": 0.2,
               "momentum": 0.9, "delta": 1e-4},
     "fpdp": {"rounds": 5, "batch_size": 32, "local_epochs": 1, "noise_multiplier": 1.0, "max_grad_norm": 1.0,
              "lr": 0.2, "momentum": 0.9, "delta": 1e-4},
