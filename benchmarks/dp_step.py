@@ -3,7 +3,9 @@
 For each model and image size, every variant below is built from the same initial weights and
 timed on the same batch, in one run, with the repetitions interleaved (each repetition runs every
 variant once, in a rotated order) so that a noisy, shared machine hits them alike; the reported
-time is the median over repetitions and the ratio is DP median / plain median.
+time is the median over repetitions and the ratio is DP median / plain median. paired_ratio is
+the median of the per-repetition ratios; cpu_ratio compares the process's CPU time (all threads),
+which other programs on a shared machine disturb far less than wall time.
 
 Variants:
 - plain: forward, mean cross-entropy, backward, SGD (momentum 0.9) step;
@@ -129,17 +131,20 @@ def measure(name: str, size: int, batch: int, modes: list[str], repeats: int) ->
             steps[mode], releases[mode] = opacus_step(name, mode, x, y)
     names = list(steps)
     times: dict[str, list[float]] = {variant: [] for variant in names}
+    cpu_times: dict[str, list[float]] = {variant: [] for variant in names}
     for repetition in range(repeats + 1):  # repetition 0 warms up and is not counted
         shift = repetition % len(names)
         for variant in names[shift:] + names[:shift]:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             steps[variant]()
-            elapsed = time.perf_counter() - start
+            elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
             if variant in releases:
                 releases[variant]()
             if repetition:
                 times[variant].append(elapsed)
+                cpu_times[variant].append(cpu)
     plain = statistics.median(times["plain"])
+    plain_cpu = statistics.median(cpu_times["plain"])
     result = {
         "model": name,
         "parameters": count_parameters(build_model(name)),
@@ -148,6 +153,7 @@ def measure(name: str, size: int, batch: int, modes: list[str], repeats: int) ->
         "plain_s": plain,
         "plain_images_per_s": batch / plain,
         "plain_times_s": times["plain"],
+        "plain_cpu_s": plain_cpu,
         "modes": {},
     }
     for mode in modes:
@@ -159,6 +165,8 @@ def measure(name: str, size: int, batch: int, modes: list[str], repeats: int) ->
             "ratio": median / plain,
             "paired_ratio": paired,
             "times_s": times[mode],
+            "cpu_s": statistics.median(cpu_times[mode]),
+            "cpu_ratio": statistics.median(cpu_times[mode]) / plain_cpu,
         }
     return result
 
@@ -225,9 +233,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 
-    print(f"{'model':15} {'px':>4} {'batch':>5} {'plain s':>8}  " + "  ".join(f"{m:>10}" for m in modes))
+    print(f"{'model':15} {'px':>4} {'batch':>5} {'plain s':>8}  " + "  ".join(f"{m + ' (cpu)':>16}" for m in modes))
     for entry in results:
-        ratios = "  ".join(f"{entry['modes'][m]['ratio']:>9.2f}x" for m in modes)
+        ratios = "  ".join(
+            f"{entry['modes'][m]['ratio']:>7.2f}x ({entry['modes'][m]['cpu_ratio']:.2f}x)" for m in modes
+        )
         print(f"{entry['model']:15} {entry['image_size']:>4} {entry['batch_size']:>5} {entry['plain_s']:>8.3f}  {ratios}")
     if "ratio" in goal:
         verdict = "met" if goal["met"] else "NOT met"

@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from core.errors import PrivacyError
-from core.privacy.per_sample import GRAD_SAMPLE_MODE, FusedGradSampleModule
+from core.privacy.per_sample import GRAD_SAMPLE_MODE, FusedDPOptimizer, FusedGradSampleModule, clip_and_sum
 
 GRAD_SAMPLE_MODES = (GRAD_SAMPLE_MODE, "hooks", "ew", "functorch")
 DEFAULT_GRAD_SAMPLE_MODE = GRAD_SAMPLE_MODE
@@ -66,6 +66,19 @@ class _UrandomPrivacyEngine(PrivacyEngine):
         if not poisson_sampling:
             return data_loader
         return super()._prepare_data_loader(data_loader, poisson_sampling=True, **kwargs)
+
+    def _prepare_optimizer(self, *, optimizer, grad_sample_mode: str = "hooks", **kwargs):
+        if grad_sample_mode != GRAD_SAMPLE_MODE:
+            return super()._prepare_optimizer(optimizer=optimizer, grad_sample_mode=grad_sample_mode, **kwargs)
+        if kwargs.pop("distributed", False) or kwargs.pop("clipping", "flat") != "flat":
+            raise PrivacyError("The fused per-example gradient mode supports flat clipping on one machine only.")
+        kwargs.pop("noise_generator", None)  # secure_rng is used, as Opacus does in secure mode
+        return FusedDPOptimizer(
+            optimizer=getattr(optimizer, "original_optimizer", optimizer),
+            generator=self.secure_rng,
+            secure_mode=self.secure_mode,
+            **kwargs,
+        )
 
     def _prepare_model(self, module: nn.Module, *, grad_sample_mode: str = "hooks", **kwargs):
         if grad_sample_mode != GRAD_SAMPLE_MODE:
@@ -159,11 +172,8 @@ def clipped_gradient_sum(
             if losses.dim() != 1:
                 raise PrivacyError("loss_fn must return one loss per example (use reduction='none').")
             losses.sum().backward()
-            samples = {name: p.grad_sample for name, p in params.items()}
-            norms = torch.stack([g.reshape(len(g), -1).pow(2).sum(1) for g in samples.values()]).sum(0).sqrt()
-            factors = (max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-            for name, g in samples.items():
-                total[name] += torch.einsum("n,n...->...", factors, g)
+            for name, chunk_sum in zip(params, clip_and_sum(list(params.values()), max_grad_norm), strict=True):
+                total[name] += chunk_sum
     finally:
         wrapped.cleanup()
         for name, p in params.items():

@@ -9,8 +9,15 @@ Here each trainable Conv2d, Linear and GroupNorm runs through an autograd Functi
 backward computes the input gradient with the same kernel a plain step uses
 (``aten.convolution_backward`` with only the input output enabled) and the per-example weight
 gradients with the cheapest kernel for the layer's shape, and returns no batch weight gradient.
-The per-example gradients land in ``param.grad_sample`` exactly as Opacus's own modes leave
-them, so Opacus's DPOptimizer clips, sums and noises them unchanged.
+The per-example gradients land in ``param.grad_sample`` as Opacus's own modes leave them.
+
+Convolutions with a small output and many weights (ResNet's last stages) keep them implicit
+instead (GhostGradSample, the "book-keeping" of Bu et al., 2023): each example's gradient norm
+comes from Gram matrices of the unfolded input and the output gradient ("ghost norm", Goodfellow
+2015; Li et al., 2022), and the clipped sum is one ordinary weight gradient of the output
+gradient scaled per example by its clipping factor. Writing and re-reading millions of
+per-example weights is what made those layers expensive. FusedDPOptimizer (Opacus's
+DPOptimizer, able to clip such entries) and clip_and_sum handle both kinds.
 
 The module's forward is swapped (per instance) only while a FusedGradSampleModule wraps it;
 ``remove_hooks()`` puts the original back.
@@ -24,6 +31,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from opacus.grad_sample.gsm_base import AbstractGradSampleModule
+from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from core.errors import PrivacyError
@@ -55,17 +63,18 @@ def _store(param: torch.Tensor, grad_sample: torch.Tensor, ctx) -> None:
     """
     if not param.requires_grad:
         return
-    if ctx.scale != 1:
+    if ctx.scale != 1 and isinstance(grad_sample, torch.Tensor):
         # Scaling the per-example result is cheaper than scaling the layer's output gradient.
         grad_sample.mul_(ctx.scale)
     existing = getattr(param, "grad_sample", None)
     if existing is None:
         param.grad_sample = grad_sample
     elif getattr(param, _GENERATION, None) == ctx.generation:
+        # The norm of a sum is not the sum of norms: a module used twice is materialized.
         if isinstance(existing, list):
-            existing[-1] = existing[-1] + grad_sample
+            existing[-1] = materialize(existing[-1]) + materialize(grad_sample)
         else:
-            param.grad_sample = existing + grad_sample
+            param.grad_sample = materialize(existing) + materialize(grad_sample)
     else:
         param.grad_sample = [*existing, grad_sample] if isinstance(existing, list) else [existing, grad_sample]
     setattr(param, _GENERATION, ctx.generation)
@@ -77,15 +86,8 @@ def _conv_weight_grad_sample(
     n, in_ch = x.shape[:2]
     out_ch, _, kh, kw = weight_shape
     out_h, out_w = grad_out.shape[2:]
-    if (kh, kw) == (1, 1) and padding == (0, 0):
-        if stride != (1, 1):
-            x = x[:, :, :: stride[0], :: stride[1]]
-        x = x[:, :, :out_h, :out_w]
-        return torch.bmm(grad_out.reshape(n, out_ch, -1), x.reshape(n, in_ch, -1).transpose(1, 2)).view(
-            n, out_ch, in_ch, 1, 1
-        )
-    if out_h * out_w <= _UNFOLD_MAX_OUTPUT_PIXELS:
-        columns = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)
+    if ((kh, kw) == (1, 1) and tuple(padding) == (0, 0)) or out_h * out_w <= _UNFOLD_MAX_OUTPUT_PIXELS:
+        columns = _conv_columns(x, (kh, kw), stride, padding, dilation)
         return torch.bmm(grad_out.reshape(n, out_ch, -1), columns.transpose(1, 2)).view(n, out_ch, in_ch, kh, kw)
     # Only the weight's shape matters for a weight-only backward, so it need not be filled.
     grouped_weight = x.new_empty((n * out_ch, in_ch, kh, kw))
@@ -96,6 +98,104 @@ def _conv_weight_grad_sample(
     return grad_weight.view(n, out_ch, in_ch, kh, kw)
 
 
+def _conv_columns(x: torch.Tensor, kernel_size, stride, padding, dilation) -> torch.Tensor:
+    """The input as (examples, in_channels * kernel pixels, output pixels): what each output sees."""
+    n, in_ch = x.shape[:2]
+    if tuple(kernel_size) == (1, 1) and tuple(padding) == (0, 0):
+        return x[:, :, :: stride[0], :: stride[1]].reshape(n, in_ch, -1)
+    return F.unfold(x, kernel_size, dilation=dilation, padding=padding, stride=stride)
+
+
+def _prefers_ghost(output_pixels: int, inputs_per_output: int, out_channels: int) -> bool:
+    """Ghost norms cost T^2 (K + O) per example, materializing T K O (plus writing K O numbers):
+    ghost wins when the output has fewer pixels T than about K O / (K + O)."""
+    return output_pixels * (inputs_per_output + out_channels) < inputs_per_output * out_channels
+
+
+class GhostGradSample:
+    """The per-example gradients of one convolution weight, kept implicit (see module docstring).
+
+    ``sq_norms[n]`` is example n's squared gradient norm; ``weighted_sum(factors)`` is
+    sum_n factors[n] * gradient_n; ``materialize()`` gives the (examples, *weight.shape) tensor.
+    """
+
+    __slots__ = ("x", "grad_out", "scale", "weight_shape", "stride", "padding", "dilation", "sq_norms", "_processed")
+
+    def __init__(self, x, grad_out, scale, weight_shape, stride, padding, dilation):
+        # Detached: clipping happens later, in the optimizer, and must not extend the graph.
+        x, grad_out = x.detach(), grad_out.detach()
+        self.x, self.grad_out, self.scale = x, grad_out, scale
+        self.weight_shape, self.stride, self.padding, self.dilation = weight_shape, stride, padding, dilation
+        n, out_ch = grad_out.shape[:2]
+        columns = _conv_columns(x, weight_shape[2:], stride, padding, dilation)
+        outputs = grad_out.reshape(n, out_ch, -1)
+        gram_in = torch.bmm(columns.transpose(1, 2), columns)
+        gram_out = torch.bmm(outputs.transpose(1, 2), outputs)
+        self.sq_norms = (gram_in * gram_out).sum(dim=(1, 2)).clamp_(min=0) * scale**2
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self), *self.weight_shape))
+
+    def weighted_sum(self, factors: torch.Tensor) -> torch.Tensor:
+        scaled = self.grad_out * (factors * self.scale).to(self.grad_out.dtype).view(-1, 1, 1, 1)
+        return torch.ops.aten.convolution_backward(
+            scaled, self.x, self.x.new_empty(self.weight_shape), None, self.stride, self.padding,
+            self.dilation, False, [0, 0], 1, [False, True, False],
+        )[1]
+
+    def materialize(self) -> torch.Tensor:
+        grad_sample = _conv_weight_grad_sample(
+            self.x, self.grad_out, self.weight_shape, self.stride, self.padding, self.dilation
+        )
+        return grad_sample.mul_(self.scale) if self.scale != 1 else grad_sample
+
+
+def materialize(grad_sample: torch.Tensor | GhostGradSample) -> torch.Tensor:
+    """A per-example gradient entry as a tensor (examples, *param.shape)."""
+    return grad_sample.materialize() if isinstance(grad_sample, GhostGradSample) else grad_sample
+
+
+def _entries(param: torch.Tensor) -> list[torch.Tensor | GhostGradSample]:
+    grad_sample = getattr(param, "grad_sample", None)
+    if grad_sample is None:
+        raise ValueError("Per-example gradients are missing: run forward and backward through the wrapped model first.")
+    return grad_sample if isinstance(grad_sample, list) else [grad_sample]
+
+
+def clip_and_sum(params: list[torch.Tensor], max_grad_norm: float) -> list[torch.Tensor]:
+    """For each parameter, the sum over examples of its per-example gradient times the example's
+    clipping factor min(1, C / (||whole per-example gradient|| + 1e-6)) -- Opacus's flat clipping.
+
+    Reads ``param.grad_sample`` (tensors, GhostGradSample entries, or lists of them: one per
+    accumulated pass, examples in order).
+    """
+    entries = [_entries(p) for p in params]
+    squared = None
+    for param_entries in entries:
+        per_param = torch.cat([
+            e.sq_norms if isinstance(e, GhostGradSample) else e.reshape(len(e), -1).pow(2).sum(1)
+            for e in param_entries
+        ])
+        squared = per_param if squared is None else squared + per_param
+    factors = (max_grad_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)
+    sums = []
+    for param, param_entries in zip(params, entries, strict=True):
+        total, start = torch.zeros_like(param, memory_format=torch.contiguous_format), 0
+        for entry in param_entries:
+            chunk = factors[start : start + len(entry)]
+            start += len(entry)
+            if isinstance(entry, GhostGradSample):
+                total += entry.weighted_sum(chunk).view_as(param)
+            else:
+                total += torch.einsum("n,n...->...", chunk.to(entry.dtype), entry)
+        sums.append(total)
+    return sums
+
+
 def _empty_batch_backward(ctx, x: torch.Tensor):
     """Backward of a layer that saw no examples (Poisson sampling can draw an empty batch)."""
     module = ctx.module
@@ -104,14 +204,15 @@ def _empty_batch_backward(ctx, x: torch.Tensor):
         if param is not None and ctx.needs_input_grad[index]:
             _store(param, param.new_zeros((0, *param.shape)), ctx)
     grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
-    return grad_x, None, None, None, None, None
+    return grad_x, None, None, None, None, None, None
 
 
 class _Conv2dPerSample(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, module, scale, generation):
+    def forward(ctx, x, weight, bias, module, scale, generation, ghost):
         ctx.save_for_backward(x, weight)
         ctx.module, ctx.scale, ctx.generation, ctx.has_bias = module, scale, generation, bias is not None
+        ctx.ghost = ghost
         return F.conv2d(x, weight, bias, module.stride, module.padding, module.dilation, module.groups)
 
     @staticmethod
@@ -128,18 +229,24 @@ class _Conv2dPerSample(torch.autograd.Function):
                 False, [0, 0], module.groups, [True, False, False],
             )[0]
         if ctx.needs_input_grad[1]:
-            grad_sample = _conv_weight_grad_sample(
-                x, grad_out, weight.shape, module.stride, module.padding, module.dilation
-            )
+            out_ch, in_ch, kh, kw = weight.shape
+            if ctx.ghost and _prefers_ghost(grad_out[0, 0].numel(), in_ch * kh * kw, out_ch):
+                grad_sample = GhostGradSample(
+                    x, grad_out, ctx.scale, weight.shape, module.stride, module.padding, module.dilation
+                )
+            else:
+                grad_sample = _conv_weight_grad_sample(
+                    x, grad_out, weight.shape, module.stride, module.padding, module.dilation
+                )
             _store(module.weight, grad_sample, ctx)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             _store(module.bias, grad_out.sum(dim=(2, 3)), ctx)
-        return grad_x, None, None, None, None, None
+        return grad_x, None, None, None, None, None, None
 
 
 class _LinearPerSample(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, module, scale, generation):
+    def forward(ctx, x, weight, bias, module, scale, generation, ghost):
         ctx.save_for_backward(x, weight)
         ctx.module, ctx.scale, ctx.generation, ctx.has_bias = module, scale, generation, bias is not None
         return F.linear(x, weight, bias)
@@ -159,12 +266,12 @@ class _LinearPerSample(torch.autograd.Function):
             _store(module.weight, grad_sample, ctx)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             _store(module.bias, grad_rows.sum(dim=1), ctx)
-        return grad_x, None, None, None, None, None
+        return grad_x, None, None, None, None, None, None
 
 
 class _GroupNormPerSample(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, module, scale, generation):
+    def forward(ctx, x, weight, bias, module, scale, generation, ghost):
         n, channels = x.shape[:2]
         hw = x[0, 0].numel() if n else 0
         x = x.contiguous()
@@ -195,7 +302,7 @@ class _GroupNormPerSample(torch.autograd.Function):
             _store(module.weight, (per_example * normalized.reshape(n, channels, -1)).sum(dim=2), ctx)
         if ctx.needs_input_grad[2]:
             _store(module.bias, per_example.sum(dim=2), ctx)
-        return grad_x, None, None, None, None, None
+        return grad_x, None, None, None, None, None, None
 
 
 def _conv_supported(module: nn.Conv2d) -> bool:
@@ -227,9 +334,14 @@ class FusedGradSampleModule(AbstractGradSampleModule):
     ``p.grad`` is not filled: DP-SGD never uses the unclipped batch gradient. With
     ``loss_reduction="mean"`` the loss is taken to be a mean over the batch, and the stored
     per-example gradients are those of each example's own loss (the same convention as Opacus).
+    With ``ghost`` (the default) some convolution weights hold a GhostGradSample rather than a
+    tensor: clip them with FusedDPOptimizer or clip_and_sum; ``ghost=False`` stores only tensors,
+    for Opacus's own optimizers.
     """
 
-    def __init__(self, m: nn.Module, *, batch_first: bool = True, loss_reduction: str = "mean"):
+    def __init__(
+        self, m: nn.Module, *, batch_first: bool = True, loss_reduction: str = "mean", ghost: bool = True
+    ):
         if not batch_first:
             raise PrivacyError("The fused per-example gradient mode needs batch-first inputs.")
         if loss_reduction not in ("mean", "sum"):
@@ -243,6 +355,7 @@ class FusedGradSampleModule(AbstractGradSampleModule):
         super().__init__(m, batch_first=batch_first, loss_reduction=loss_reduction)
         self._forbid_accumulation = False
         self._generation = 0
+        self.ghost = ghost
         self._patched: list[nn.Module] = []
         for module in m.modules():
             if type(module) in _FUNCTIONS and any(p.requires_grad for p in module.parameters(recurse=False)):
@@ -286,6 +399,36 @@ def _make_forward(owner: FusedGradSampleModule, function: type[torch.autograd.Fu
             return type(module).forward(module, x)
         # With a mean loss each example's gradient arrives divided by the batch size.
         scale = float(x.shape[0]) if owner.loss_reduction == "mean" else 1.0
-        return function.apply(x, weight, bias, module, scale, owner._generation)
+        return function.apply(x, weight, bias, module, scale, owner._generation, owner.ghost)
 
     return forward
+
+
+class FusedDPOptimizer(DPOptimizer):
+    """Opacus's DPOptimizer (noise, scaling, skipped steps, accounting hook) whose clipping also
+    takes GhostGradSample entries (clip_and_sum)."""
+
+    @property
+    def grad_samples(self) -> list:
+        # Opacus reads this only to see whether there is anything to clip: no concatenation.
+        return [p.grad_sample for p in self.params if getattr(p, "grad_sample", None) is not None]
+
+    @property
+    def accumulated_iterations(self) -> int:
+        counts = {len(_entries(p)) for p in self.params}
+        if len(counts) != 1:
+            raise ValueError("Number of accumulated steps is inconsistent across parameters")
+        return counts.pop()
+
+    def clip_and_accumulate(self) -> None:
+        for p in self.params:
+            if any(getattr(entry, "_processed", False) for entry in _entries(p)):
+                raise ValueError(
+                    "Gradients haven't been cleared since the last optimizer step; "
+                    "call optimizer.zero_grad() on each step."
+                )
+        for p, total in zip(self.params, clip_and_sum(self.params, self.max_grad_norm), strict=True):
+            total = total.to(p.dtype)
+            p.summed_grad = total if p.summed_grad is None else p.summed_grad + total
+            for entry in _entries(p):
+                entry._processed = True

@@ -28,6 +28,6 @@ def test_quick_benchmark_writes_ratios(tmp_path):
     assert entry["plain_s"] > 0 and len(entry["plain_times_s"]) == report["settings"]["repeats"] == 2
     assert set(entry["modes"]) == {"fused", "hooks"}
     for mode in entry["modes"].values():
-        assert {"median_s", "images_per_s", "ratio", "paired_ratio", "times_s"} <= set(mode)
+        assert {"median_s", "images_per_s", "ratio", "paired_ratio", "times_s", "cpu_s", "cpu_ratio"} <= set(mode)
         assert mode["ratio"] == mode["median_s"] / entry["plain_s"] > 0
     assert "wrote" in result.stdout
