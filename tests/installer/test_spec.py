@@ -1,0 +1,102 @@
+"""installer/dopamine.spec: it parses, and its exclusions never remove what the app imports."""
+
+import ast
+from fnmatch import fnmatch
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC = ROOT / "installer" / "dopamine.spec"
+# pyqtgraph's plot curves import these at run time (pyqtgraph/Qt/OpenGLHelpers.py).
+QT_NEEDED_BY_PYQTGRAPH = {"QtCore", "QtGui", "QtWidgets", "QtOpenGL", "QtOpenGLWidgets"}
+
+
+def spec_tree() -> ast.Module:
+    return ast.parse(SPEC.read_text(encoding="utf-8"), filename=str(SPEC))
+
+
+def spec_constant(name: str):
+    for node in spec_tree().body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{name} is not assigned a literal in {SPEC}")
+
+
+def imported_modules(*folders: str) -> set[str]:
+    """Every module named by an import statement in the app's own code (lazy imports included)."""
+    names: set[str] = set()
+    for folder in folders:
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    names.update(alias.name for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    names.add(node.module)
+                    names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def is_trimmed(dest: str) -> bool:
+    """The spec's rule: a TRIMMED_FILES pattern matches and no KEPT_FILES pattern does."""
+    return (any(fnmatch(dest, pattern) for pattern in spec_constant("TRIMMED_FILES"))
+            and not any(fnmatch(dest, pattern) for pattern in spec_constant("KEPT_FILES")))
+
+
+def test_spec_compiles_as_python():
+    compile(SPEC.read_text(encoding="utf-8"), str(SPEC), "exec")
+
+
+def test_spec_builds_one_folder_named_dopamine_with_resources():
+    source = SPEC.read_text(encoding="utf-8")
+    assert spec_constant("NAME") == "Dopamine"
+    assert "COLLECT(" in source and "BUNDLE(" in source
+    calls = {node.func.id: node for node in ast.walk(spec_tree())
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
+    datas = next(k.value for k in calls["Analysis"].keywords if k.arg == "datas")
+    # gui.resources.resources_dir() looks in sys._MEIPASS/resources.
+    assert ast.unparse(datas) == "[(str(ROOT / 'resources'), 'resources')]"
+    exe = {k.arg for k in calls["EXE"].keywords}
+    assert {"exclude_binaries", "console", "name"} <= exe  # one-folder: binaries go to COLLECT
+
+
+def test_excluded_modules_are_not_imported_by_the_app():
+    excluded = set(spec_constant("EXCLUDED_MODULES"))
+    used = imported_modules("core", "gui")
+    clashes = {name for name in used if any(name == ex or name.startswith(ex + ".") for ex in excluded)}
+    assert not clashes
+
+
+def test_excluded_qt_modules_are_not_used():
+    excluded = set(spec_constant("EXCLUDED_QT"))
+    used = {name.split(".")[1] for name in imported_modules("core", "gui")
+            if name.startswith("PySide6.Qt")}
+    assert "QtWidgets" in used  # the scan sees the GUI's imports
+    assert not (used | QT_NEEDED_BY_PYQTGRAPH) & excluded
+
+
+@pytest.mark.parametrize("kept", [
+    "torch/lib/libtorch_cpu.so", "torch/lib/libc10.so", "torch/lib/libtorch_python.so", "torch/lib/libgomp.so.1",
+    "torch/_C.cpython-311-x86_64-linux-gnu.so", "torch/nn/modules/conv.py", "torch/lib/libshm.so",
+    "PySide6/Qt/plugins/platforms/libqoffscreen.so", "PySide6/Qt/plugins/platforms/libqxcb.so",
+    "PySide6/Qt/plugins/imageformats/libqsvg.so", "PySide6/Qt/plugins/iconengines/libqsvgicon.so",
+    "PySide6/Qt/lib/libQt6Svg.so.6", "PySide6/Qt/lib/libQt6OpenGL.so.6", "PySide6/Qt/lib/libQt6XcbQpa.so.6",
+    "resources/icons/app.svg", "resources/styles/base.qss", "opacus/accountants/rdp.py",
+    "torch/bin/torch_shm_manager",  # `import torch` raises without it
+])
+def test_trimming_keeps_what_the_app_loads(kept):
+    assert not is_trimmed(kept)
+
+
+@pytest.mark.parametrize("dropped", [
+    "torch/bin/test_api", "torch/bin/protoc", "torch/test/Dict_test", "torch/lib/libtorchbind_test.so", "torch/include/ATen/ATen.h",
+    "PySide6/Qt/qml/QtQuick/qmldir", "PySide6/Qt/translations/qtbase_de.qm", "PySide6/Qt/lib/libQt6Quick.so.6",
+])
+def test_trimming_drops_test_programs_headers_and_qml(dropped):
+    assert is_trimmed(dropped)
+
+
+def test_version_comes_from_the_package():
+    source = SPEC.read_text(encoding="utf-8")
+    assert "VERSION = core.__version__" in source
+    assert "version=VERSION" in source and '"CFBundleShortVersionString": VERSION' in source
