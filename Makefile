@@ -28,3 +28,27 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache
+
+# ---- Desktop bundle (installer/README.md). Minutes and about 0.7 GB, so not part of `make test`/CI.
+BUNDLE_STAMP := $(VENV)/.bundle-installed
+BUNDLE_EXE := dist/Dopamine/dopamine
+
+.PHONY: bundle bundle-test bundle-tar
+
+$(BUNDLE_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bundle]'
+	touch $(BUNDLE_STAMP)
+
+# dist/Dopamine/ (and dist/Dopamine.app on macOS), rebuilt every time.
+bundle: $(BUNDLE_STAMP)
+	$(BIN)/pyinstaller --noconfirm --log-level WARN --distpath dist --workpath build/pyinstaller installer/dopamine.spec
+	@du -sh dist/Dopamine
+
+# The smoke test of the bundle built by `make bundle`: CLI, DP training, prediction, background job,
+# a 2-hospital federation, GUI start (about 1-2 minutes).
+bundle-test:
+	installer/smoke_test.sh $(BUNDLE_EXE)
+
+# dist/dopamine-VERSION-linux-ARCH.tar.gz: the bundle, its menu entry, icon and install.sh.
+bundle-tar:
+	$(BIN)/python installer/make_tar.py
