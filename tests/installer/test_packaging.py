@@ -1,0 +1,99 @@
+"""Icons, the Linux archive and the resource-path helper the bundle relies on."""
+
+import configparser
+import importlib.util
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from gui import resources
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"installer_{name}", ROOT / "installer" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+make_icons = load("make_icons")
+make_tar = load("make_tar")
+
+
+def test_icons_for_every_platform(tmp_path):
+    paths = make_icons.write_icons(tmp_path / "icons")
+    with Image.open(paths["png"]) as png:
+        assert png.size == (512, 512) and png.mode == "RGBA"
+        assert png.getpixel((0, 0))[3] == 0  # transparent corner outside the rounded square
+        assert png.getpixel((256, 40))[:3] == (0x1F, 0x6F, 0xEB)  # the icon's blue, drawn
+    with Image.open(paths["ico"]) as ico:
+        assert {(16, 16), (32, 32), (48, 48), (256, 256)} <= set(ico.info["sizes"])
+    with Image.open(paths["icns"]) as icns:
+        assert icns.format == "ICNS" and icns.size[0] >= 512
+
+
+def test_resources_found_from_source():
+    folder = resources.resources_dir()
+    assert folder == ROOT / "resources"
+    assert (folder / "icons" / "app.svg").is_file()
+    assert resources.read_text("styles", "base.qss").strip()
+
+
+def test_resources_found_in_a_bundle(tmp_path, monkeypatch):
+    (tmp_path / "resources" / "styles").mkdir(parents=True)
+    (tmp_path / "resources" / "styles" / "base.qss").write_text("/* bundled */")
+    monkeypatch.setattr(sys, "_MEIPASS", str(tmp_path), raising=False)
+    assert resources.resources_dir() == tmp_path / "resources"
+    assert resources.read_text("styles", "base.qss") == "/* bundled */"
+
+
+def test_desktop_entry_is_valid():
+    entry = configparser.ConfigParser(interpolation=None)
+    entry.optionxform = str
+    entry.read(ROOT / "installer" / "linux" / "dopamine.desktop", encoding="utf-8")
+    section = entry["Desktop Entry"]
+    assert section["Type"] == "Application" and section["Exec"] == "dopamine" and section["Icon"] == "dopamine"
+    assert section["Terminal"] == "false" and section["Categories"].endswith(";")
+
+
+def test_tar_holds_bundle_desktop_entry_icon_and_installer(tmp_path):
+    dist = tmp_path / "dist"
+    bundle = dist / "Dopamine"
+    (bundle / "_internal").mkdir(parents=True)
+    (bundle / "dopamine").write_text("#!/bin/sh\n")
+    (bundle / "dopamine").chmod(0o755)
+    (bundle / "_internal" / "libfoo.so.1").write_text("lib")
+    (bundle / "_internal" / "libfoo.so").symlink_to("libfoo.so.1")
+    icons = make_icons.write_icons(tmp_path / "icons")
+
+    out = make_tar.make_tar(dist, icons["png"].parent)
+
+    assert out == dist / make_tar.archive_name()
+    top = f"dopamine-{make_tar.__version__}"
+    with tarfile.open(out) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    for name in ("Dopamine/dopamine", "dopamine.desktop", "install.sh", "dopamine.png", "dopamine.svg"):
+        assert f"{top}/{name}" in members
+    assert members[f"{top}/Dopamine/dopamine"].mode & 0o111
+    assert members[f"{top}/install.sh"].mode & 0o111
+    link = members[f"{top}/Dopamine/_internal/libfoo.so"]
+    assert link.issym() and link.linkname == "libfoo.so.1"
+    assert not list(dist.glob("*.partial"))
+
+
+measure_startup = load("measure_startup")
+
+
+def test_startup_probe_output_is_parsed():
+    output = "log line\nDOPAMINE_WINDOW_SHOWN 1700000000.250000 Dopamine — x\nDOPAMINE_HEAVY_MODULES -\n"
+    assert measure_startup.parse_probe(output) == (1700000000.25, "-")
+
+
+def test_startup_probe_missing_is_an_error():
+    with pytest.raises(RuntimeError, match="never reported its main window"):
+        measure_startup.parse_probe("Traceback (most recent call last):\n")
