@@ -2,6 +2,8 @@
 
 import configparser
 import importlib.util
+import os
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -97,3 +99,53 @@ def test_startup_probe_output_is_parsed():
 def test_startup_probe_missing_is_an_error():
     with pytest.raises(RuntimeError, match="never reported its main window"):
         measure_startup.parse_probe("Traceback (most recent call last):\n")
+
+
+def unpacked_archive(tmp_path: Path) -> Path:
+    """The unpacked tar.gz's layout, with a stand-in program."""
+    top = tmp_path / "dopamine-0.1.0"
+    (top / "Dopamine" / "_internal").mkdir(parents=True)
+    program = top / "Dopamine" / "dopamine"
+    program.write_text("#!/bin/sh\necho dopamine 0.1.0\n")
+    program.chmod(0o755)
+    for name in ("dopamine.desktop", "install.sh"):
+        (top / name).write_bytes((ROOT / "installer" / "linux" / name).read_bytes())
+    (top / "dopamine.svg").write_bytes((ROOT / "resources" / "icons" / "app.svg").read_bytes())
+    (top / "dopamine.png").write_bytes(b"png")
+    return top
+
+
+def run_install(top: Path, tmp_path: Path, *args: str, prefix: Path | None = None):
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path / "home"),
+           "PREFIX": str(prefix or tmp_path / "opt" / "dopamine"), "BIN_DIR": str(tmp_path / "bin"),
+           "DATA_DIR": str(tmp_path / "share")}
+    return subprocess.run(["bash", str(top / "install.sh"), *args], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_install_sh_installs_reinstalls_and_uninstalls(tmp_path):
+    top = unpacked_archive(tmp_path)
+    for _ in range(2):  # installing over an earlier installation replaces it
+        done = run_install(top, tmp_path)
+        assert done.returncode == 0, done.stderr
+    program = tmp_path / "opt" / "dopamine" / "dopamine"
+    assert subprocess.run([str(tmp_path / "bin" / "dopamine")], capture_output=True, text=True).stdout == "dopamine 0.1.0\n"
+    desktop = (tmp_path / "share" / "applications" / "dopamine.desktop").read_text()
+    assert f'Exec="{program}"' in desktop.splitlines()
+    assert (tmp_path / "share" / "icons" / "hicolor" / "scalable" / "apps" / "dopamine.svg").is_file()
+
+    done = run_install(top, tmp_path, "--uninstall")
+    assert done.returncode == 0, done.stderr
+    assert not program.exists() and not (tmp_path / "bin" / "dopamine").exists()
+    assert not (tmp_path / "share" / "applications" / "dopamine.desktop").exists()
+
+
+def test_install_sh_never_deletes_a_folder_that_is_not_an_installation(tmp_path):
+    top = unpacked_archive(tmp_path)
+    precious = tmp_path / "documents"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep")
+    for args in ((), ("--uninstall",)):
+        done = run_install(top, tmp_path, *args, prefix=precious)
+        assert done.returncode == 1 and "not a Dopamine installation" in done.stderr
+        assert (precious / "notes.txt").read_text() == "keep"
