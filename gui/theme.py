@@ -30,8 +30,8 @@ COLORS = {
                     ok="#1a7f37", warn="#9a6700", bad="#cf222e", plot_background="#ffffff",
                     plot_foreground="#57606a",
                     series=("#1f6feb", "#d1242f", "#1a7f37", "#8250df", "#bc4c00", "#0598bc")),
-    "dark": Colors(window="#161b22", base="#0d1117", text="#e6edf3", muted="#9da7b3", accent="#4493f8",
-                   ok="#3fb950", warn="#d29922", bad="#f85149", plot_background="#0d1117",
+    "dark": Colors(window="#0d1117", base="#010409", text="#e6edf3", muted="#9da7b3", accent="#4493f8",
+                   ok="#3fb950", warn="#d29922", bad="#f85149", plot_background="#161b22",
                    plot_foreground="#9da7b3",
                    series=("#4493f8", "#f85149", "#3fb950", "#a371f7", "#f0883e", "#39c5cf")),
 }
@@ -50,6 +50,13 @@ def _palette(c: Colors) -> QPalette:
                      (role.Highlight, c.accent), (role.HighlightedText, "#ffffff"),
                      (role.PlaceholderText, c.muted), (role.Link, c.accent)):
         palette.setColor(r, QColor(value))
+    # Fusion draws frames and indicators from these: keep them visible on both themes.
+    window = QColor(c.window)
+    dark_theme = window.lightness() < 128
+    palette.setColor(role.Light, window.lighter(260) if dark_theme else QColor("#ffffff"))
+    palette.setColor(role.Midlight, window.lighter(200) if dark_theme else window.darker(110))
+    palette.setColor(role.Mid, window.lighter(240) if dark_theme else window.darker(130))
+    palette.setColor(role.Dark, window.lighter(300) if dark_theme else window.darker(160))
     disabled = QPalette.ColorGroup.Disabled
     for r in (role.Text, role.WindowText, role.ButtonText):
         palette.setColor(disabled, r, QColor(c.muted))

@@ -38,6 +38,11 @@ PROBLEM_WORDS = {
 }
 
 
+def serious_problems(report: Any) -> int:
+    """Problems that cost a file (small images are reported but still used)."""
+    return sum(1 for p in report.problems if p.kind != "too_small")
+
+
 class DataPage(Page):
     key = "data"
     title = "Data"
@@ -99,7 +104,10 @@ class DataPage(Page):
         problems_card.body.addWidget(self.problems)
         self.save_report_button = button("Save report as JSON…")
         self.save_report_button.setEnabled(False)
-        problems_card.body.addWidget(self.save_report_button)
+        save_row = QHBoxLayout()
+        save_row.addWidget(self.save_report_button)
+        save_row.addStretch(1)
+        problems_card.body.addLayout(save_row)
         self.body.addWidget(problems_card)
 
         self.report: Any = None
@@ -154,13 +162,15 @@ class DataPage(Page):
     def _show_report(self, path: Path, report: Any) -> None:
         self.report = report
         problems = list(report.problems)
-        skipped = sum(1 for p in problems if p.kind != "too_small")
-        kind = "ok" if not problems else ("warning" if report.usable else "error")
-        self.summary.show_message(
-            f"<b>{report.usable} of {report.total_files} files can be used for training</b> "
-            f"({len(report.classes)} classes, layout: {report.layout}). "
-            + (f"{len(problems)} problem(s) found; {skipped} file(s) will be skipped. See the list below."
-               if problems else "No problems found."), kind)
+        serious = serious_problems(report)
+        small = len(problems) - serious
+        kind = "error" if not report.usable else ("warning" if serious else "ok")
+        text = (f"<b>{report.usable} of {report.total_files} files can be used for training</b> "
+                f"({len(report.classes)} classes, layout: {report.layout}). ")
+        text += (f"{serious} problem(s) found: see the list below. " if serious else "No problems found. ")
+        if small:
+            text += f"{small} image(s) are smaller than {report.min_size} px and will be enlarged."
+        self.summary.show_message(text, kind)
         self.chart.set_counts({name: int(report.class_counts.get(name, 0)) for name in report.classes})
         self._show_balance(report)
         self._show_problems(problems)
@@ -195,8 +205,8 @@ class DataPage(Page):
             self.problems.setItem(row, 1, QTableWidgetItem(PROBLEM_WORDS.get(problem.kind, problem.kind)))
             self.problems.setItem(row, 2, QTableWidgetItem(problem.reason))
         self.problems_note.setText(
-            f"{len(problems)} problem(s). Skipped files are left untouched; fix or remove them and check again."
-            if problems else "No problems found.")
+            "Files with a problem are left untouched: fix or remove them and check again. Small images are "
+            "listed last; they are used." if problems else "No problems found.")
 
     def _load_thumbnails(self, report: Any) -> None:
         self.thumbnails.clear()

@@ -6,7 +6,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -149,6 +149,8 @@ class FederationPage(Page):
         log_card = Card("What happened")
         self.messages = QListWidget()
         self.messages.setMinimumHeight(140)
+        self.messages.setWordWrap(True)
+        self.messages.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         log_card.body.addWidget(self.messages)
         self.body.addWidget(log_card)
 
@@ -258,7 +260,7 @@ class FederationPage(Page):
         review = self.review
         over = review is not None and review.verdict is not None and not review.verdict.allowed
         ready = review is not None and not review.problem and (not over or self.until_cap.isChecked())
-        self.join_button.setEnabled(ready and not self.running)
+        self.join_button.setEnabled(ready and not self.running and self._state != "finished")
         self.join_button.setText("Resume" if review is not None and review.resumable else "Join")
         self.pause_button.setEnabled(self.running)
         self.leave_button.setEnabled(review is not None and self._state not in ("left", "finished"))
@@ -276,6 +278,8 @@ class FederationPage(Page):
         self._say(f"{'Resuming' if review.resumable else 'Joining'} {review.invitation.federation_name} "
                   f"at {review.invitation.coordinator_url}.")
         self._set_state("joining")
+        for plot in (self.metrics_plot, self.epsilon_plot):
+            plot.set_x_range(0.5, review.invitation.plan.rounds + 0.5)
         self.job = self.context.runner.start(
             join, review, data=Path(dataset), ledger_path=self.context.ledger_path,
             threads=self.context.settings.cpu_threads, name="federation", precious=True,
@@ -321,6 +325,7 @@ class FederationPage(Page):
 
     def _job_ended(self) -> None:
         self._poll.stop()
+        self.reload()  # the cost against the cap, now from the ledger as it is after this run
         self._update_buttons()
 
     def _paused(self) -> None:
@@ -397,9 +402,9 @@ class FederationPage(Page):
 
     def _on_model_received(self, event: Any) -> None:
         evaluation = event.metrics or {}
-        for name in ("accuracy", "kappa"):
+        for name, words in (("accuracy", "shared model accuracy"), ("kappa", "shared model κ")):
             if isinstance(evaluation.get(name), int | float):
-                self.metrics_plot.append(f"global {name}", event.round, float(evaluation[name]))
+                self.metrics_plot.append(words, event.round, float(evaluation[name]))
         self._say(f"New shared model after round {event.round}"
                   + (" (this hospital's update is in it)." if event.included else "."))
         self.context.models_changed.emit()
@@ -409,6 +414,8 @@ class FederationPage(Page):
 
     def _on_finished(self, event: Any) -> None:
         self.state_label.setText("Finished" if event.reason == "completed" else event.reason.capitalize())
+        self.detail_label.setText(f"Took part in {len(event.rounds_participated)} round(s); "
+                                  f"ε = {event.epsilon:.3g} spent by this hospital in total.")
 
     def _on_error(self, event: Any) -> None:
         if event.fatal:
@@ -437,11 +444,16 @@ class FederationPage(Page):
         self.peers.setRowCount(len(view.peers))
         for row, peer in enumerate(view.peers):
             name = f"{peer.name} ({peer.hospital_id})" + (" — this hospital" if peer.is_this_hospital else "")
-            fingerprint = peer.fingerprint + ("" if peer.coordinator_agrees else "  ⚠ coordinator disagrees")
+            groups = peer.fingerprint.split()
+            # Two lines of eight groups: easier to read out over the phone, and it fits the table.
+            fingerprint = " ".join(groups[:8]) + "\n" + " ".join(groups[8:])
+            if not peer.coordinator_agrees:
+                fingerprint += "\n⚠ differs from the fingerprint the coordinator reports"
             values = (name, peer.status, "" if peer.rounds_included is None else str(peer.rounds_included),
                       fingerprint)
             for column, value in enumerate(values):
                 self.peers.setItem(row, column, QTableWidgetItem(value))
+        self.peers.resizeRowsToContents()
         if view.status == "running" and self._state == "running":
             self.state_label.setText(f"Round {view.round} of {view.rounds}")
             participants = ", ".join(view.last_included) if view.last_included else "—"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from PySide6.QtWidgets import QGridLayout, QHBoxLayout, QWidget
 
 from gui.context import AppContext, FederationStatus
+from gui.pages.data import serious_problems
 from gui.widgets.common import Banner, Card, button, label
 from gui.widgets.page import Page
 
@@ -108,7 +109,7 @@ class HomePage(Page):
         if report is not None:
             self.dataset_label.setText(
                 f"{report.root}: {report.usable} usable images in {len(report.classes)} classes "
-                f"({len(report.problems)} problem(s) found). They stay where they are.")
+                f"({serious_problems(report)} problem(s) found). They stay where they are.")
         elif dataset is not None:
             self.dataset_label.setText(f"{dataset} (open the Data page to check it again).")
         else:

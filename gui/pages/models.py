@@ -98,12 +98,19 @@ class ModelsPage(Page):
         self.export_button.clicked.connect(self.export_selected)
         self.add_button.clicked.connect(self.add_model)
         self.refresh_button.clicked.connect(self.refresh)
-        context.models_changed.connect(self.refresh)
+        context.models_changed.connect(self._changed)
         self._selected()
 
     def on_shown(self) -> None:
         if not self._loaded:
             self.refresh()
+
+    def _changed(self) -> None:
+        # Reading packages loads torch-sized work: a hidden page catches up when it is shown.
+        if self.isVisible():
+            self.refresh()
+        else:
+            self._loaded = False
 
     def folders(self) -> list[tuple[Path, str]]:
         return [(self.context.models_folder / "imported", "added"),

@@ -25,6 +25,7 @@ from PySide6.QtWidgets import (
 from core.errors import ConfigError
 from gui.context import AppContext
 from gui.dialogs import show_error
+from gui.pages.data import serious_problems
 from gui.pages.privacy import parse_delta
 from gui.training_jobs import TrainingCost, estimate_training_cost, train_in_child
 from gui.widgets.common import Banner, Card, KeyValueCard, button, label
@@ -136,10 +137,10 @@ class TrainPage(Page):
 
         self.status = Banner("Results appear here while the model trains: one point per epoch.", "info")
         right.addWidget(self.status)
-        self.progress = JobProgress()
+        self.progress = JobProgress(keep_space=True)
         right.addWidget(self.progress)
         self.loss_plot = LivePlot("Loss (lower is better)", "loss")
-        self.accuracy_plot = LivePlot("Validation accuracy", "accuracy")
+        self.accuracy_plot = LivePlot("Validation accuracy", "accuracy", y_range=(0.0, 1.0))
         self.epsilon_plot = LivePlot("Privacy spent by this run", "ε")
         for plot in (self.loss_plot, self.accuracy_plot, self.epsilon_plot):
             right.addWidget(plot)
@@ -203,7 +204,7 @@ class TrainPage(Page):
         chosen = self.data_picker.path()
         if report is not None and chosen is not None and Path(report.root) in (chosen, chosen.parent):
             self.data_note.setText(f"{report.usable} usable images in {len(report.classes)} classes "
-                                   f"({len(report.problems)} problem(s); see the Data page).")
+                                   f"({serious_problems(report)} problem(s); see the Data page).")
         elif chosen is not None:
             self.data_note.setText("Not checked yet: the trainer checks the images first. "
                                    "Check them on the Data page to see the privacy cost here.")
@@ -284,6 +285,7 @@ class TrainPage(Page):
             return
         for plot in (self.loss_plot, self.accuracy_plot, self.epsilon_plot):
             plot.clear_series()
+            plot.set_x_range(0.5, config.epochs + 0.5)
         self.result_card.setVisible(False)
         for widget in (self.open_viewer_button, self.save_as_button, self.show_models_button):
             widget.setVisible(False)

@@ -10,7 +10,8 @@ from gui.workers import JobHandle
 class JobProgress(QWidget):
     """Hidden while idle. ``bind(handle)`` shows it, follows progress and hides it at the end."""
 
-    def __init__(self, parent: QWidget | None = None, *, cancel_text: str = "Cancel") -> None:
+    def __init__(self, parent: QWidget | None = None, *, cancel_text: str = "Cancel",
+                 keep_space: bool = False) -> None:
         super().__init__(parent)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -27,10 +28,11 @@ class JobProgress(QWidget):
         layout.addWidget(self.cancel_button)
         self.cancel_button.clicked.connect(self.cancel)
         self._handle: JobHandle | None = None
-        # Keep the space when hidden: showing it must not re-lay out (and repaint) the whole page.
-        policy = self.sizePolicy()
-        policy.setRetainSizeWhenHidden(True)
-        self.setSizePolicy(policy)
+        if keep_space:
+            # Showing it then does not re-lay out (and repaint) plots below it while a job runs.
+            policy = self.sizePolicy()
+            policy.setRetainSizeWhenHidden(True)
+            self.setSizePolicy(policy)
         self.setVisible(False)
 
     def bind(self, handle: JobHandle, message: str = "Starting…") -> None:

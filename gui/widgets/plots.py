@@ -39,6 +39,8 @@ class _ThemedPlot(pg.PlotWidget):
         self.setLabel("left", y_label)
         self.setLabel("bottom", x_label)
         self.showGrid(x=True, y=True, alpha=0.15)
+        for axis in ("left", "bottom"):  # "accuracy (x0.001)" is not how people read 0.5
+            self.getAxis(axis).enableAutoSIPrefix(False)
         _plots.add(self)
         self.restyle(_current)
 
@@ -54,13 +56,16 @@ class _ThemedPlot(pg.PlotWidget):
 class LivePlot(_ThemedPlot):
     """Named series that grow while a job runs, plus optional horizontal limit lines (the ε cap)."""
 
-    def __init__(self, title: str, y_label: str, x_label: str = "epoch",
-                 parent: QWidget | None = None) -> None:
+    def __init__(self, title: str, y_label: str, x_label: str = "epoch", *,
+                 y_range: tuple[float, float] | None = None, parent: QWidget | None = None) -> None:
         self._curves: dict[str, pg.PlotDataItem] = {}
         self._data: dict[str, tuple[list[float], list[float]]] = {}
         self._limits: dict[str, pg.InfiniteLine] = {}
         super().__init__(title, y_label, x_label, parent)
         self._legend = self.addLegend(offset=(-10, 10))
+        if y_range is not None:  # e.g. accuracy: always 0..1, so a flat line is not mistaken for a trend
+            self.setYRange(*y_range, padding=0.05)
+            self.getViewBox().enableAutoRange(axis="y", enable=False)
 
     def _curve(self, name: str) -> pg.PlotDataItem:
         if name not in self._curves:
@@ -81,6 +86,11 @@ class LivePlot(_ThemedPlot):
         xs.append(float(x))
         ys.append(float(y))
         curve.setData(xs, ys)
+
+    def set_x_range(self, low: float, high: float) -> None:
+        """Fix the x axis (e.g. to all planned epochs): fewer re-layouts and repaints while a job runs."""
+        self.setXRange(low, high, padding=0.02)
+        self.getViewBox().enableAutoRange(axis="x", enable=False)
 
     def series(self, name: str) -> tuple[list[float], list[float]]:
         return self._data.get(name, ([], []))
