@@ -48,7 +48,7 @@ def _wait(app, condition, *, timeout_s: float = 600.0) -> None:
 def _make_data(root: Path, *, quick: bool) -> tuple[Path, Path]:
     from core.data.synthetic import write_demo_data
 
-    write_demo_data(root, hospitals=2, per_hospital=24 if quick else 60, test_images=10 if quick else 30,
+    write_demo_data(root, hospitals=2, per_hospital=16 if quick else 60, test_images=10 if quick else 30,
                     size=64 if quick else 160, seed=11)
     hospital = root / "hospital_01"
     first = sorted((hospital / "0").glob("*.png"))[0]
@@ -68,7 +68,7 @@ def _train(window, app, data: Path, *, quick: bool) -> None:
     page.mode.setCurrentIndex(page.mode.findData("cdp"))
     page.model.setCurrentIndex(page.model.findData("small_cnn"))
     page.image_size.setCurrentIndex(page.image_size.findData(64))
-    page.epochs.setValue(2 if quick else 6)
+    page.epochs.setValue(1 if quick else 6)
     page.batch_size.setValue(16)
     page.lr.setValue(0.1)
     page.target_epsilon.setValue(4.0)

@@ -350,7 +350,7 @@ class FederationPage(Page):
                   f"round(s), ε = {result.epsilon:.3g} spent in total, {result.bytes_sent:,} bytes sent."
                   + (" The final model is on the Models page." if result.model_path else ""))
         self._set_state("finished" if result.reason == "completed" else "left" if result.reason == "declined"
-                        else "error", f"ε = {result.epsilon:.3g}")
+                        else "error", epsilon=result.epsilon)
         self.context.models_changed.emit()
         self.context.ledger_changed.emit()
         self.refresh_view()

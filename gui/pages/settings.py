@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from PySide6.QtWidgets import QComboBox, QFormLayout, QSpinBox, QWidget
+from PySide6.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QSpinBox, QWidget
 
 from core import paths
 from gui.context import AppContext
@@ -49,6 +49,8 @@ class SettingsPage(Page):
         self.theme = QComboBox()
         for key, text in THEME_NAMES.items():
             self.theme.addItem(text, key)
+        for widget in (self.cpu_threads, self.accountant, self.theme):
+            widget.setMaximumWidth(360)
         cform.addRow("Training uses", self.cpu_threads)
         cform.addRow("Privacy accountant", self.accountant)
         cform.addRow("Theme", self.theme)
@@ -61,7 +63,10 @@ class SettingsPage(Page):
         self.locations = KeyValueCard("Where Dopamine keeps its files")
         self.body.addWidget(self.locations)
         self.defaults_button = button("Restore defaults")
-        self.body.addWidget(self.defaults_button)
+        row = QHBoxLayout()
+        row.addWidget(self.defaults_button)
+        row.addStretch(1)
+        self.body.addLayout(row)
         self.body.addStretch(1)
 
         self._loading = False

@@ -11,7 +11,7 @@ from PySide6.QtWidgets import QListView, QListWidget, QListWidgetItem, QWidget
 
 from core.jobs import NEVER_CANCELLED, CancelToken, ProgressFn, no_progress
 
-THUMBNAIL_SIZE = 96
+THUMBNAIL_SIZE = 84
 
 
 @dataclass
