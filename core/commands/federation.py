@@ -34,6 +34,8 @@ def _add_plan_options(parser: argparse.ArgumentParser, *, simulate: bool = False
     parser.add_argument("--momentum", type=float, help="momentum (fscdp: the server's; f/fpdp: the local one)")
     parser.add_argument("--delta", type=float, help="delta of the (epsilon, delta) guarantee (fpdp, fscdp)")
     parser.add_argument("--accountant", choices=["rdp", "prv"], default="rdp")
+    parser.add_argument("--server-optimizer", choices=["sgd", "adam"],
+                        help="the coordinator's optimizer on each round's aggregate (default sgd)")
     parser.add_argument("--image-size", type=int, default=None if simulate else 64, help="model input size in pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--secagg", action=argparse.BooleanOptionalAction, default=None,
@@ -117,7 +119,8 @@ def _init(args: argparse.Namespace) -> int:
         hosts=_hosts(args.host), port=args.port, threshold=args.threshold, model=args.model,
         image_size=args.image_size, noise_multiplier=args.noise_multiplier, max_grad_norm=args.max_grad_norm,
         sample_rate=args.sample_rate, batch_size=args.batch_size, local_epochs=args.local_epochs, lr=args.lr,
-        momentum=args.momentum, server_lr=args.server_lr, server_momentum=args.server_momentum, delta=args.delta,
+        momentum=args.momentum, server_lr=args.server_lr, server_momentum=args.server_momentum,
+        server_optimizer=args.server_optimizer, delta=args.delta,
         accountant=args.accountant, secagg=args.secagg, update_bound=args.update_bound, seed=args.seed,
         eval_data=args.eval_data, eval_every=args.eval_every, hospital_names=args.hospital_names,
     ))
@@ -217,7 +220,7 @@ def _simulate(args: argparse.Namespace) -> int:
         threshold=args.threshold, sample_rate=args.sample_rate, batch_size=args.batch_size,
         local_epochs=args.local_epochs, noise_multiplier=args.noise_multiplier, max_grad_norm=args.max_grad_norm,
         lr=args.lr, momentum=args.momentum, delta=args.delta, accountant=args.accountant, secagg=args.secagg,
-        max_epsilon=args.max_epsilon,
+        max_epsilon=args.max_epsilon, server_optimizer=args.server_optimizer,
     )
     with progress_bar("Simulation") as progress:
         result = run(config, progress=progress)

@@ -169,7 +169,8 @@ class _Participant:
         self.work = _Workdir(config.workdir)
         self.state = self.work.load_state(invitation)
         self.round_ctx: dict | None = None
-        self.next_round_epsilon: float | None = None
+        self.allowance: int | None = None  # rounds the cap allows, counted from this start
+        self.charged_here = 0
         self.etag = ""
         self.peers: dict[str, bytes] | None = None
         self.global_state: dict | None = None
@@ -380,16 +381,23 @@ class _Participant:
     def _budget_allows(self, round: int) -> bool:
         if self.ledger is None or self.ledger.max_epsilon is None:
             return True
-        after, self.next_round_epsilon = self.next_round_epsilon, None
-        if after is None:
-            after = self.ledger.epsilon_if(*self._round_cost())
-        return after <= self.ledger.max_epsilon
+        if self.allowance is None:
+            self.allowance = self._rounds_within_cap()
+        return self.charged_here < self.allowance
 
-    def _look_ahead(self) -> None:
-        """Compute the next round's epsilon now, while the others finish this round (the accountant
-        takes a noticeable fraction of a second). charge() still checks the cap itself."""
-        if self.ledger is not None and self.ledger.max_epsilon is not None:
-            self.next_round_epsilon = self.ledger.epsilon_if(*self._round_cost())
+    def _rounds_within_cap(self) -> int:
+        """How many more rounds the cap allows, from the ledger as it is now: a binary search with the
+        accountant (a few calls once, instead of one every round). charge() still checks the cap itself,
+        so another job charging the same ledger meanwhile cannot take the hospital past it."""
+        noise, rate, steps = self._round_cost()
+        low, high = 0, self.plan.rounds
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self.ledger.epsilon_if(noise, rate, steps * middle) <= self.ledger.max_epsilon:
+                low = middle
+            else:
+                high = middle - 1
+        return low
 
     def _decline(self, round: int) -> None:
         spent = self.ledger.spent()
@@ -407,15 +415,17 @@ class _Participant:
         if self.ledger is None:
             return
         noise, rate, steps = self._round_cost()
-        self.next_round_epsilon = None
+        key = self._ledger_key(round, attempt)
+        new_charge = key not in {e.key for e in self.ledger.entries()}
         try:
             entry = self.ledger.charge(noise_multiplier=noise, sample_rate=rate, steps=steps,
                                        description=f"federation {self.invitation.federation_name} "
                                                    f"({self.plan.mode.upper()}) round {round} attempt {attempt}",
-                                       key=self._ledger_key(round, attempt))
+                                       key=key)
         except PrivacyBudgetExceeded:
             self._decline(round)
             raise
+        self.charged_here += new_charge
         self.emit(BudgetCharged(round=round, epsilon=entry.epsilon_after, max_epsilon=self.ledger.max_epsilon))
 
     # -- models ---------------------------------------------------------------------------------
@@ -552,7 +562,6 @@ class _Participant:
         self.state.rounds_uploaded[str(round)] = attempt
         self._upload(round, attempt, "mask", body, what)
         self.emit(Uploaded(round=round, what=what, bytes=len(body), compute_s=compute_s))
-        self._look_ahead()
 
     def _unmask(self, ctx: dict) -> None:
         from core.secagg import UnmaskRequest

@@ -645,8 +645,7 @@ class Coordinator:
         else:
             weights = sum(self._update_weight(h) for h in included)
             gradient = -aggregate / weights
-        self._momentum = plan.server_momentum * self._momentum + gradient
-        self._weights = self._weights - plan.server_lr * self._momentum
+        self._weights = self._optimizer.step(self._weights, gradient)
         started = self._meta.get("round_started", time.time())
         metrics = {}
         if self._evaluation is not None and (round % self.settings.eval_every == 0 or round == plan.rounds):
@@ -686,22 +685,27 @@ class Coordinator:
     # -- models ---------------------------------------------------------------------------------
 
     def _load_global_model(self) -> None:
+        from core.federation.server_optimizer import ServerOptimizer
         from core.federation.weights import tensors_from_bytes
 
+        plan = self.plan
+        self._optimizer = ServerOptimizer(plan.server_optimizer, lr=plan.server_lr, momentum=plan.server_momentum,
+                                          length=self.layout.length)
         round = int(self._meta.get("model_round", 0))
         path = self.paths.server_state(round)
         if round == 0 and not path.exists():
             self._weights = self.layout.flatten(dict(self._model.named_parameters()))
-            self._momentum = np.zeros(self.layout.length, dtype=np.float64)
             return
         try:
             data = path.read_bytes()
         except OSError as exc:
             raise FederationError(f"The coordinator's model state {path} is missing ({exc}); restore the folder from a backup.") from exc
-        shapes = {f"w/{k}": v for k, v in self.layout.shapes.items()} | {f"m/{k}": v for k, v in self.layout.shapes.items()}
+        shapes = {f"{part}/{k}": v for part in "wmv" for k, v in self.layout.shapes.items()} | {"steps": (1,)}
         tensors = tensors_from_bytes(data, expected=shapes, what="coordinator model state")
         self._weights = self.layout.flatten({k: tensors[f"w/{k}"] for k in self.layout.names})
-        self._momentum = self.layout.flatten({k: tensors[f"m/{k}"] for k in self.layout.names})
+        self._optimizer.first = self.layout.flatten({k: tensors[f"m/{k}"] for k in self.layout.names})
+        self._optimizer.second = self.layout.flatten({k: tensors[f"v/{k}"] for k in self.layout.names})
+        self._optimizer.steps = int(tensors["steps"][0])
 
     def _state_dict(self, weights: np.ndarray) -> dict:
         params = self.layout.unflatten(weights)
@@ -717,12 +721,16 @@ class Coordinator:
 
     def _publish(self, round: int, included: list[str], metrics: dict) -> str:
         """Write the optimizer state and the signed global model of ``round`` (atomically)."""
+        import torch
+
         from core.data.preprocess import Preprocessing
         from core.federation.weights import tensors_to_bytes
         from core.models.package import ModelCard, write_package
 
         state = {f"w/{k}": v for k, v in self.layout.unflatten(self._weights).items()}
-        state |= {f"m/{k}": v for k, v in self.layout.unflatten(self._momentum).items()}
+        state |= {f"m/{k}": v for k, v in self.layout.unflatten(self._optimizer.first).items()}
+        state |= {f"v/{k}": v for k, v in self.layout.unflatten(self._optimizer.second).items()}
+        state["steps"] = torch.tensor([float(self._optimizer.steps)], dtype=torch.float32)
         atomic_write_bytes(self.paths.server_state(round), tensors_to_bytes(state))
         plan = self.plan
         contributors = [h for h in self._hospitals.values() if h.rounds_included + (h.hospital_id in included) > 0]

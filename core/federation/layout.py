@@ -117,6 +117,7 @@ class InitConfig:
     momentum: float | None = None
     server_lr: float | None = None
     server_momentum: float | None = None
+    server_optimizer: str | None = None
     delta: float | None = None
     accountant: str = "rdp"
     secagg: bool | None = None
@@ -164,6 +165,7 @@ def build_plan(config: InitConfig, federation_id: str) -> FederationPlan:
         momentum=config.momentum if config.momentum is not None else 0.9,
         server_lr=config.server_lr if config.server_lr is not None else 1.0,
         server_momentum=config.server_momentum if config.server_momentum is not None else 0.0,
+        server_optimizer=config.server_optimizer or "sgd",
         delta=config.delta if mode != "f" else None,
         accountant=config.accountant,
         noise_multiplier=config.noise_multiplier,

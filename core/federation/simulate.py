@@ -28,11 +28,14 @@ from pathlib import Path
 from core.errors import ConfigError, FederationError
 from core.jobs import NEVER_CANCELLED, CancelToken, ProgressFn, no_progress
 
-# Defaults per mode, tuned so the 3-hospital demo on synthetic data learns well past the
-# majority-class baseline in a few minutes on 2 CPU cores (see the FEDERATION report).
+# Defaults per mode. FSCDP's are the 3-hospital demo's, measured on 2 pinned cores of a Xeon
+# (200 synthetic images per hospital at 64 px, small_cnn): 200 rounds in about 270 s end to end,
+# test accuracy 0.645 (kappa 0.66) against a majority-class baseline of 0.495. Adam at the
+# coordinator (post-processing, no privacy cost) learned in 200 noisy steps where SGD with
+# momentum mostly did not.
 MODE_DEFAULTS: dict[str, dict] = {
-    "fscdp": {"rounds": 200, "sample_rate": 0.2, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "lr": 0.2,
-              "momentum": 0.9, "delta": 1e-4},
+    "fscdp": {"rounds": 200, "sample_rate": 0.2, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "lr": 0.01,
+              "momentum": 0.9, "delta": 1e-4, "server_optimizer": "adam"},
     "fpdp": {"rounds": 5, "batch_size": 32, "local_epochs": 1, "noise_multiplier": 1.0, "max_grad_norm": 1.0,
              "lr": 0.2, "momentum": 0.9, "delta": 1e-4},
     "f": {"rounds": 5, "batch_size": 32, "local_epochs": 1, "lr": 0.05, "momentum": 0.9},
@@ -63,6 +66,7 @@ class SimulationConfig:
     momentum: float | None = None
     delta: float | None = None
     accountant: str = "rdp"
+    server_optimizer: str | None = None
     secagg: bool | None = None
     max_epsilon: float = 1000.0
     eval_every: int | None = None
@@ -265,6 +269,7 @@ def _plan_init_config(config: SimulationConfig, folder: Path, port: int, eval_da
         batch_size=pick("batch_size") if config.mode != "fscdp" else None,
         local_epochs=pick("local_epochs") if config.mode != "fscdp" else None,
         lr=pick("lr"), momentum=pick("momentum"), delta=pick("delta"), accountant=config.accountant,
+        server_optimizer=pick("server_optimizer"),
         secagg=config.secagg, seed=config.seed, eval_data=eval_data,
         eval_every=config.eval_every if config.eval_every is not None else max(1, pick("rounds") // 10),
         compute_phase_timeout_s=120.0, key_phase_timeout_s=60.0,

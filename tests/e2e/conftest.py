@@ -26,8 +26,8 @@ def demo_data(tmp_path_factory):
 class FederationRun:
     """One federation folder, its coordinator process and its hospital processes."""
 
-    def __init__(self, root: Path, data: Path, *, mode: str, rounds: int, hospitals: int = 3, max_epsilon: float = 1000.0,
-                 **plan):
+    def __init__(self, root: Path, data: Path, *, mode: str, rounds: int, hospitals: int = 3,
+                 max_epsilon: float | dict[int, float] = 1000.0, **plan):
         self.root = Path(root)
         self.data = Path(data)
         self.per_hospital = PER_HOSPITAL
@@ -39,9 +39,11 @@ class FederationRun:
         self.plan = self.init.plan
         self.paths = FederationPaths(self.root / "federation")
         self.coordinator = CoordinatorProcess(self.paths.root, self.root / "logs" / "coordinator.out")
+        caps = max_epsilon if isinstance(max_epsilon, dict) else {}
         self.hospitals = [
             HospitalProcess(i, invitation, self.data / f"hospital_{i:02d}", self.root / "hospitals" / f"h{i:02d}",
-                            self.root / "logs" / f"hospital_{i:02d}.err", max_epsilon=max_epsilon)
+                            self.root / "logs" / f"hospital_{i:02d}.err",
+                            max_epsilon=caps.get(i, 1000.0) if caps else max_epsilon)
             for i, invitation in enumerate(sorted(self.init.invitations), start=1)
         ]
 

@@ -19,7 +19,7 @@ def free_port() -> int:
 def run_https_server(app, certfile, keyfile, port: int | None = None):
     port = port or free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, ssl_certfile=str(certfile), ssl_keyfile=str(keyfile),
-                            log_level="warning", lifespan="on", http="h11")
+                            log_level="warning", lifespan="on", http="h11", timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

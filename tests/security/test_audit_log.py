@@ -78,3 +78,16 @@ def test_a_torn_last_line_is_cut_before_appending(tmp_path):
 def test_missing_log_is_a_clear_error(tmp_path):
     with pytest.raises(FederationError, match="No audit log"):
         verify_audit_log(tmp_path / "nothing.jsonl")
+
+
+def test_audit_verify_command_says_where_the_chain_breaks(tmp_path, capsys):
+    from core.cli import main
+
+    _write(tmp_path / "audit.jsonl")
+    assert main(["audit", "verify", str(tmp_path)]) == 0
+    assert "intact: 4 entries" in capsys.readouterr().out
+    lines = (tmp_path / "audit.jsonl").read_text().splitlines()
+    del lines[2]
+    (tmp_path / "audit.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["audit", "verify", str(tmp_path)]) == 1
+    assert "BROKEN at line 3" in capsys.readouterr().out

@@ -62,6 +62,7 @@ def coordinator(tmp_path_factory, https_server):
         api = Api(url, root / "fed" / "tls" / "ca.pem", init.plan.federation_id)
         keys = [Ed25519PrivateKey.generate() for _ in invitations]
         yield api, invitations, keys, service
+        api.session.close()
     service.stop()
 
 
