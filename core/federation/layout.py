@@ -151,6 +151,10 @@ def build_plan(config: InitConfig, federation_id: str) -> FederationPlan:
     """The plan for ``config``, with each mode's defaults for the values left unset."""
     mode = config.mode
     fscdp = mode == "fscdp"
+    if fscdp and (config.batch_size is not None or config.local_epochs is not None):
+        raise ConfigError("FSCDP takes one DP-SGD step per round at --sample-rate; drop --batch-size/--local-epochs.")
+    if not fscdp and config.sample_rate is not None:
+        raise ConfigError("F and FPDP train locally with --batch-size; --sample-rate is for FSCDP.")
     plan = FederationPlan(
         name=config.name,
         federation_id=federation_id,

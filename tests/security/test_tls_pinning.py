@@ -79,3 +79,22 @@ def test_unreachable_coordinator_is_retried_then_reported(federations, unused_po
     with pytest.raises(NetworkError, match="gave up"):
         connection.get_json("/v1/health")
     assert retries and "retrying" in retries[0]
+
+
+def test_cancel_interrupts_the_retry_wait(federations, unused_port):
+    import threading
+    import time
+
+    from core.errors import Cancelled
+    from core.jobs import CancelToken
+
+    ours, _ = federations
+    cancel = CancelToken()
+    connection = CoordinatorConnection(f"https://127.0.0.1:{unused_port}", ours.ca_cert, federation_id="f",
+                                       hospital_id="h01", key=Ed25519PrivateKey.generate(), cancel=cancel,
+                                       max_backoff_s=30.0)
+    threading.Timer(1.0, cancel.cancel).start()
+    started = time.monotonic()
+    with pytest.raises(Cancelled):
+        connection.get_json("/v1/health")  # would retry forever
+    assert time.monotonic() - started < 5.0
