@@ -165,7 +165,13 @@ def run_child(job: str, args: dict, *, progress: ProgressFn = no_progress,
 
 # ---- child side --------------------------------------------------------------------------------------
 
+CHILD_NICENESS = 5
+
+
 def main() -> int:
+    if hasattr(os, "nice"):
+        # Background work yields the CPU to the window (and the rest of the desktop) when both want it.
+        os.nice(CHILD_NICENESS)
     # The protocol owns the real stdout; anything a library prints goes to stderr (the log) instead.
     protocol = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
     os.dup2(2, 1)
