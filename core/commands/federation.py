@@ -207,7 +207,7 @@ def _join(args: argparse.Namespace) -> int:
         result = run(config, progress=progress, on_event=on_event)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
-    return 0
+    return 1 if result.reason == "stopped" else 0  # declining at the cap is this hospital's choice, not an error
 
 
 def _simulate(args: argparse.Namespace) -> int:

