@@ -2,9 +2,9 @@
 of a Dopamine (FSCDP) round.
 
 Per-example gradients come from the "fused" grad-sample mode (core.privacy.per_sample) unless
-another Opacus mode is asked for: it computes them in place of the batch gradient, which made a
-DP step of SqueezeNet on a CPU about as fast as a plain one (see benchmarks/dp_step.py), where
-Opacus's hooks cost 1.3-1.8x.
+another Opacus mode is asked for: it computes them in place of the batch gradient, and keeps
+those of small-output convolutions implicit (ghost norms), which brought a DP step on a CPU
+close to a plain one (benchmarks/dp_step.py), where Opacus's hooks cost 1.3-2.9x.
 
 Randomness: Opacus's own secure mode needs torchcsprng, which has no build for this torch. We
 use instead a torch.Generator seeded with 64 bits from os.urandom (unless the caller passes one,
@@ -110,13 +110,19 @@ def make_private(
 
     The returned optimizer clips each example's gradient to ``max_grad_norm``, adds
     N(0, (noise_multiplier * max_grad_norm)^2) to the sum and divides by the expected batch
-    size; the loader draws Poisson batches (sample rate 1 / len(data_loader)). The loss must be
-    a mean over the batch. Privacy accounting is the caller's job (core.privacy.ledger).
+    size; the loader draws Poisson batches (sample rate 1 / len(data_loader)). The model must be
+    in training mode and the loss a mean over the batch. With the default "fused" mode the
+    returned model is a FusedGradSampleModule and the optimizer a FusedDPOptimizer (an Opacus
+    DPOptimizer, usable with Opacus's BatchMemoryManager). Privacy accounting is the caller's
+    job (core.privacy.ledger).
     """
     _check_noise(noise_multiplier, max_grad_norm)
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise PrivacyError(f"Unknown grad_sample_mode {grad_sample_mode!r}; choose one of {GRAD_SAMPLE_MODES}.")
-    engine = _UrandomPrivacyEngine(generator if generator is not None else secure_generator())
+    if generator is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        generator = secure_generator(device)
+    engine = _UrandomPrivacyEngine(generator)
     try:
         return engine.make_private(
             module=model,

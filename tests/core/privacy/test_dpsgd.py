@@ -242,3 +242,26 @@ def test_poisson_sample_rate():
     assert torch.equal(poisson_sample(100, 1.0), torch.arange(100))
     with pytest.raises(PrivacyError):
         poisson_sample(100, 1.5)
+
+
+def test_physical_batches_add_up_to_the_logical_step():
+    # Opacus's BatchMemoryManager splits a Poisson batch by skipping the step on all but the
+    # last physical batch; the clipped sums must add up before the one noised step.
+    torch.manual_seed(0)
+    model = build_model("small_cnn")
+    x, y = data()
+    bound = median_norm(model, x[:8], y[:8])
+    expected = copy.deepcopy(model)
+    private_step(expected, x, y, noise=0.0, bound=bound)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    loader = DataLoader(TensorDataset(x, y), batch_size=8)
+    wrapped, dp_optimizer, _ = make_private(
+        model, optimizer, loader, noise_multiplier=0.0, max_grad_norm=bound, poisson_sampling=False
+    )
+    for start, skip in ((0, True), (4, False)):
+        F.cross_entropy(wrapped(x[start : start + 4]), y[start : start + 4]).backward()
+        dp_optimizer.signal_skip_step(do_skip=skip)
+        dp_optimizer.step()
+        dp_optimizer.zero_grad()
+    for (name, p), q in zip(model.named_parameters(), expected.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
