@@ -20,6 +20,8 @@ def register(subparsers) -> None:
     train.add_argument("--lr", type=float, default=0.05)
     train.add_argument("--momentum", type=float, default=0.9)
     train.add_argument("--lr-schedule", choices=["constant", "cosine"], default="cosine")
+    train.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
+                       help="sgd (with momentum) or adam; adam often learns more from few noisy DP steps")
     noise = train.add_mutually_exclusive_group()
     noise.add_argument("--noise-multiplier", type=float, help="sigma")
     noise.add_argument("--target-epsilon", type=float, help="calibrate sigma so epsilon stays at or below this")
@@ -55,7 +57,7 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         data=args.data, out=args.out, mode=args.mode, model=args.model, labels_csv=args.labels_csv,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-        lr_schedule=args.lr_schedule, noise_multiplier=args.noise_multiplier,
+        lr_schedule=args.lr_schedule, optimizer=args.optimizer, noise_multiplier=args.noise_multiplier,
         target_epsilon=args.target_epsilon, max_grad_norm=args.max_grad_norm, delta=args.delta,
         accountant=args.accountant, image_size=args.image_size, val_fraction=args.val_fraction,
         seed=args.seed, ledger=args.ledger, max_epsilon=args.max_epsilon, threads=args.threads,

@@ -22,6 +22,7 @@ class TrainConfig:
     lr: float = 0.05
     momentum: float = 0.9
     lr_schedule: str = "cosine"
+    optimizer: str = "sgd"  # "sgd" (with momentum) or "adam" (betas (momentum, 0.999))
     noise_multiplier: float | None = None
     target_epsilon: float | None = None
     max_grad_norm: float = 1.0
@@ -50,6 +51,8 @@ class TrainConfig:
             raise ConfigError("Momentum must be in [0, 1).")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ConfigError("The learning-rate schedule must be 'constant' or 'cosine'.")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ConfigError("The optimizer must be 'sgd' or 'adam'.")
         if not 0.0 < self.val_fraction < 0.9:
             raise ConfigError("The validation fraction must be between 0 and 0.9.")
         if self.image_size < 16:

@@ -19,6 +19,8 @@ from core.data.preprocess import Preprocessing, normalize
 from core.jobs import NEVER_CANCELLED, CancelToken
 from core.training.metrics import compute_metrics
 
+OPTIMIZERS = ("sgd", "adam")
+
 
 @dataclass(frozen=True)
 class DPSettings:
@@ -71,6 +73,7 @@ def train_local(
     lr: float,
     momentum: float = 0.9,
     lr_schedule: str = "constant",
+    optimizer: str = "sgd",
     dp: DPSettings | None = None,
     seed: int | None = None,
     on_step: Callable[[int, float], None] | None = None,
@@ -90,10 +93,16 @@ def train_local(
         raise ValueError("train_local needs at least one image")
     if lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"unknown learning-rate schedule {lr_schedule!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}")
     seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little")
     generator = torch.Generator().manual_seed(seed)
     model.to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    if optimizer == "adam":
+        # Adam on DP-SGD's noised gradients is post-processing: the privacy cost is the same.
+        optim = torch.optim.Adam(model.parameters(), lr=lr, betas=(momentum, 0.999))
+    else:
+        optim = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     loader = DataLoader(
         TensorDataset(images, labels), batch_size=batch_size, shuffle=True, generator=generator
     )
@@ -104,8 +113,8 @@ def train_local(
     if dp is not None:
         from core.privacy.dpsgd import make_private
 
-        wrapped, optimizer, loader = make_private(
-            model, optimizer, loader,
+        wrapped, optim, loader = make_private(
+            model, optim, loader,
             noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm, poisson_sampling=True,
         )
     forward = wrapped if wrapped is not None else model
@@ -119,7 +128,7 @@ def train_local(
             epoch_losses_start = len(losses)
             for batch_images, batch_labels in loader:
                 cancel.check()
-                for group in optimizer.param_groups:
+                for group in optim.param_groups:
                     group["lr"] = _learning_rate(lr, lr_schedule, step, total_steps)
                 step += 1
                 if batch_images.shape[0] == 0:
@@ -128,10 +137,10 @@ def train_local(
                     continue
                 x = normalize(_augment(batch_images, generator), spec).to(device)
                 y = batch_labels.to(device)
-                optimizer.zero_grad(set_to_none=True)
+                optim.zero_grad(set_to_none=True)
                 loss = criterion(forward(x), y)
                 loss.backward()
-                optimizer.step()
+                optim.step()
                 losses.append(float(loss.detach()))
                 if on_step is not None:
                     on_step(step, losses[-1])

@@ -236,7 +236,8 @@ def _train(config, run_id, run_dir, progress, cancel, on_epoch, closing: ExitSta
 
     train_local(
         model, x_train, y_train, spec, epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-        momentum=config.momentum, lr_schedule=config.lr_schedule, dp=dp, seed=config.seed,
+        momentum=config.momentum, lr_schedule=config.lr_schedule, optimizer=config.optimizer, dp=dp,
+        seed=config.seed,
         on_step=on_step, before_epoch=before_epoch, after_epoch=after_epoch, cancel=cancel, device=device,
     )
 

@@ -150,3 +150,13 @@ def test_privacy_calculator_matches_opacus(capsys):
                  "--delta", "1e-5", "--json"]) == 0
     planned = json.loads(capsys.readouterr().out)
     assert planned["epsilon"] <= 2.0
+
+
+def test_adam_is_available_for_dp_training_and_unknown_optimizers_are_refused(tiny_data, tmp_path):
+    from core.errors import ConfigError
+    from core.training.trainer import run
+
+    result = run(_config(tiny_data, tmp_path, optimizer="adam", lr=0.01, epochs=1))
+    assert result.epsilon is not None and result.steps > 0
+    with pytest.raises(ConfigError, match="optimizer"):
+        run(_config(tiny_data, tmp_path, optimizer="rmsprop"))
