@@ -36,6 +36,8 @@ def _add_plan_options(parser: argparse.ArgumentParser, *, simulate: bool = False
     parser.add_argument("--accountant", choices=["rdp", "prv"], default="rdp")
     parser.add_argument("--server-optimizer", choices=["sgd", "adam"],
                         help="the coordinator's optimizer on each round's aggregate (default sgd)")
+    parser.add_argument("--server-lr-schedule", choices=["constant", "cosine"],
+                        help="the coordinator's learning rate: constant (default) or cosine decay to 0 over the rounds")
     parser.add_argument("--image-size", type=int, default=None if simulate else 64, help="model input size in pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--secagg", action=argparse.BooleanOptionalAction, default=None,
@@ -120,7 +122,7 @@ def _init(args: argparse.Namespace) -> int:
         image_size=args.image_size, noise_multiplier=args.noise_multiplier, max_grad_norm=args.max_grad_norm,
         sample_rate=args.sample_rate, batch_size=args.batch_size, local_epochs=args.local_epochs, lr=args.lr,
         momentum=args.momentum, server_lr=args.server_lr, server_momentum=args.server_momentum,
-        server_optimizer=args.server_optimizer, delta=args.delta,
+        server_optimizer=args.server_optimizer, server_lr_schedule=args.server_lr_schedule, delta=args.delta,
         accountant=args.accountant, secagg=args.secagg, update_bound=args.update_bound, seed=args.seed,
         eval_data=args.eval_data, eval_every=args.eval_every, hospital_names=args.hospital_names,
     ))
@@ -221,6 +223,7 @@ def _simulate(args: argparse.Namespace) -> int:
         local_epochs=args.local_epochs, noise_multiplier=args.noise_multiplier, max_grad_norm=args.max_grad_norm,
         lr=args.lr, momentum=args.momentum, delta=args.delta, accountant=args.accountant, secagg=args.secagg,
         max_epsilon=args.max_epsilon, server_optimizer=args.server_optimizer,
+        server_lr_schedule=args.server_lr_schedule,
     )
     with progress_bar("Simulation") as progress:
         result = run(config, progress=progress)

@@ -687,7 +687,8 @@ class Coordinator:
 
         plan = self.plan
         self._optimizer = ServerOptimizer(plan.server_optimizer, lr=plan.server_lr, momentum=plan.server_momentum,
-                                          length=self.layout.length)
+                                          length=self.layout.length, schedule=plan.server_lr_schedule,
+                                          total_steps=plan.rounds)
         round = int(self._meta.get("model_round", 0))
         path = self.paths.server_state(round)
         if round == 0 and not path.exists():

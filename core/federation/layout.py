@@ -118,6 +118,7 @@ class InitConfig:
     server_lr: float | None = None
     server_momentum: float | None = None
     server_optimizer: str | None = None
+    server_lr_schedule: str | None = None
     delta: float | None = None
     accountant: str = "rdp"
     secagg: bool | None = None
@@ -170,6 +171,7 @@ def build_plan(config: InitConfig, federation_id: str) -> FederationPlan:
         server_lr=config.server_lr if config.server_lr is not None else 1.0,
         server_momentum=config.server_momentum if config.server_momentum is not None else 0.0,
         server_optimizer=config.server_optimizer or "sgd",
+        server_lr_schedule=config.server_lr_schedule or "constant",
         delta=config.delta if mode != "f" else None,
         accountant=config.accountant,
         noise_multiplier=config.noise_multiplier,

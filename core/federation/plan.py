@@ -51,6 +51,7 @@ class FederationPlan:
     server_lr: float = 1.0
     server_momentum: float = 0.0  # Adam: beta1
     server_optimizer: str = "sgd"  # "sgd" | "adam" (core.federation.server_optimizer)
+    server_lr_schedule: str = "constant"  # "constant" | "cosine" (to 0 over the plan's rounds)
     delta: float | None = None
     accountant: str = "rdp"
     noise_multiplier: float | None = None
@@ -82,6 +83,7 @@ class FederationPlan:
         need(0 <= self.momentum < 1 and 0 <= self.server_momentum < 1, "Momentum must be in [0, 1).")
         need(self.accountant in ("rdp", "prv"), "The accountant must be rdp or prv.")
         need(self.server_optimizer in ("sgd", "adam"), "The server optimizer must be sgd or adam.")
+        need(self.server_lr_schedule in ("constant", "cosine"), "The server learning-rate schedule must be constant or cosine.")
         if self.mode == "fscdp":
             need(self.secagg, "FSCDP (Dopamine) needs secure aggregation.")
             need(self.sample_rate is not None and 0 < self.sample_rate <= 1,
@@ -134,7 +136,8 @@ class FederationPlan:
                          f"noise multiplier sigma = {self.noise_multiplier:g}, clipping C = {self.max_grad_norm:g}, "
                          f"each hospital adds noise std sigma*C/sqrt(m) = "
                          f"{self.noise_multiplier * self.max_grad_norm / math.sqrt(self.threshold):.4g}")
-            lines.append(f"Server optimizer: {self.server_optimizer.upper()} lr {self.server_lr:g}, "
+            lines.append(f"Server optimizer: {self.server_optimizer.upper()} lr {self.server_lr:g} "
+                         f"({self.server_lr_schedule}), "
                          f"{'beta1' if self.server_optimizer == 'adam' else 'momentum'} {self.server_momentum:g}")
         else:
             lines.append(f"Local training per round: {self.local_epochs} epoch(s), batch {self.batch_size}, "
