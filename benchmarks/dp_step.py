@@ -154,6 +154,8 @@ def measure(name: str, size: int, batch: int, modes: list[str], repeats: int) ->
         "plain_images_per_s": batch / plain,
         "plain_times_s": times["plain"],
         "plain_cpu_s": plain_cpu,
+        # other programs' load while this row ran: rows measured on a busy machine are noisier
+        "load_average_after": list(os.getloadavg()),
         "modes": {},
     }
     for mode in modes:

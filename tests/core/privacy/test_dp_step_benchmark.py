@@ -26,6 +26,7 @@ def test_quick_benchmark_writes_ratios(tmp_path):
     (entry,) = report["results"]
     assert (entry["model"], entry["image_size"], entry["batch_size"]) == ("small_cnn", 32, 4)
     assert entry["plain_s"] > 0 and len(entry["plain_times_s"]) == report["settings"]["repeats"] == 2
+    assert len(entry["load_average_after"]) == 3
     assert set(entry["modes"]) == {"fused", "hooks"}
     for mode in entry["modes"].values():
         assert {"median_s", "images_per_s", "ratio", "paired_ratio", "times_s", "cpu_s", "cpu_ratio"} <= set(mode)
