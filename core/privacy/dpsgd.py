@@ -178,8 +178,7 @@ def clipped_gradient_sum(
             if losses.dim() != 1:
                 raise PrivacyError("loss_fn must return one loss per example (use reduction='none').")
             losses.sum().backward()
-            for name, chunk_sum in zip(params, clip_and_sum(list(params.values()), max_grad_norm), strict=True):
-                total[name] += chunk_sum
+            clip_and_sum(list(params.values()), max_grad_norm, out=list(total.values()))
     finally:
         wrapped.cleanup()
         for name, p in params.items():

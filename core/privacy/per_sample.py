@@ -167,12 +167,15 @@ def _entries(param: torch.Tensor) -> list[torch.Tensor | GhostGradSample]:
     return grad_sample if isinstance(grad_sample, list) else [grad_sample]
 
 
-def clip_and_sum(params: list[torch.Tensor], max_grad_norm: float) -> list[torch.Tensor]:
+def clip_and_sum(
+    params: list[torch.Tensor], max_grad_norm: float, out: list[torch.Tensor] | None = None
+) -> list[torch.Tensor]:
     """For each parameter, the sum over examples of its per-example gradient times the example's
     clipping factor min(1, C / (||whole per-example gradient|| + 1e-6)) -- Opacus's flat clipping.
 
     Reads ``param.grad_sample`` (tensors, GhostGradSample entries, or lists of them: one per
-    accumulated pass, examples in order).
+    accumulated pass, examples in order). With ``out`` (contiguous tensors shaped like the
+    parameters) the sums are added to it in place and it is returned.
     """
     entries = [_entries(p) for p in params]
     squared = None
@@ -183,18 +186,19 @@ def clip_and_sum(params: list[torch.Tensor], max_grad_norm: float) -> list[torch
         ])
         squared = per_param if squared is None else squared + per_param
     factors = (max_grad_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)
-    sums = []
-    for param, param_entries in zip(params, entries, strict=True):
-        total, start = torch.zeros_like(param, memory_format=torch.contiguous_format), 0
+    if out is None:
+        out = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in params]
+    for total, param_entries in zip(out, entries, strict=True):
+        start = 0
         for entry in param_entries:
             chunk = factors[start : start + len(entry)]
             start += len(entry)
             if isinstance(entry, GhostGradSample):
-                total += entry.weighted_sum(chunk).view_as(param)
+                total += entry.weighted_sum(chunk).view_as(total)
             else:
-                total += torch.einsum("n,n...->...", chunk.to(entry.dtype), entry)
-        sums.append(total)
-    return sums
+                # total += sum_n chunk[n] * entry[n], without a temporary of the parameter's size
+                total.view(-1).addmv_(entry.reshape(len(entry), -1).t(), chunk.to(entry.dtype))
+    return out
 
 
 def _empty_batch_backward(ctx, x: torch.Tensor):
@@ -407,11 +411,19 @@ def _make_forward(owner: FusedGradSampleModule, function: type[torch.autograd.Fu
 
 class FusedDPOptimizer(DPOptimizer):
     """Opacus's DPOptimizer (skipped steps, accounting hook, the optimizer step) whose clipping
-    also takes GhostGradSample entries (clip_and_sum), and which draws the noise for all
-    parameters at once: one call instead of a dozen tiny ones per parameter, which on a busy CPU
-    each wait for a thread to be scheduled. The noise is Opacus's: N(0, (sigma C)^2) per
-    coordinate, in secure mode as the sum of four draws halved (robust to floating-point attacks).
+    also takes GhostGradSample entries (clip_and_sum).
+
+    The clipped sums of all parameters live in one flat buffer, so that the noise for all of
+    them is drawn in one call (instead of several tiny ones per parameter) and added in place.
+    The noise is Opacus's: N(0, (sigma C)^2) per coordinate, in secure mode as the sum of four
+    draws halved (robust to floating-point attacks on the Gaussian sampler).
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if len({(p.dtype, p.device) for p in self.params}) > 1:
+            raise PrivacyError("The fused DP optimizer needs all parameters of one type on one device.")
+        self._flat_summed: torch.Tensor | None = None
 
     @property
     def grad_samples(self) -> list:
@@ -432,30 +444,39 @@ class FusedDPOptimizer(DPOptimizer):
                     "Gradients haven't been cleared since the last optimizer step; "
                     "call optimizer.zero_grad() on each step."
                 )
-        for p, total in zip(self.params, clip_and_sum(self.params, self.max_grad_norm), strict=True):
-            total = total.to(p.dtype)
-            p.summed_grad = total if p.summed_grad is None else p.summed_grad + total
+        if self._flat_summed is None:  # first physical batch of a logical one
+            reference = self.params[0]
+            self._flat_summed = torch.zeros(
+                sum(p.numel() for p in self.params), dtype=reference.dtype, device=reference.device
+            )
+            for p, chunk in zip(self.params, self._flat_summed.split([p.numel() for p in self.params]), strict=True):
+                p.summed_grad = chunk.view_as(p)
+        clip_and_sum(self.params, self.max_grad_norm, out=[p.summed_grad for p in self.params])
+        for p in self.params:
             for entry in _entries(p):
                 entry._processed = True
 
     def add_noise(self) -> None:
-        for p in self.params:
-            if getattr(p.summed_grad, "_processed", False):
-                raise ValueError("Gradients haven't been cleared since the last optimizer step; call optimizer.zero_grad().")
-        flat = torch.cat([p.summed_grad.reshape(-1) for p in self.params])
+        if self._flat_summed is None or getattr(self._flat_summed, "_processed", False):
+            raise ValueError("Gradients haven't been cleared since the last optimizer step; call optimizer.zero_grad().")
+        flat = self._flat_summed
         std = self.noise_multiplier * self.max_grad_norm
         if std > 0:
-            draws = 4 if self.secure_mode else 1
-            noise = torch.normal(
-                0.0, std, (draws, flat.numel()), generator=self.generator, dtype=flat.dtype, device=flat.device
-            )
-            flat += noise.sum(dim=0) / 2 if self.secure_mode else noise[0]
-        self._flat_grad = flat
-        for p, chunk in zip(self.params, flat.split([p.numel() for p in self.params]), strict=True):
-            p.grad = chunk.view_as(p)
-            p.summed_grad._processed = True
+            draw = torch.empty_like(flat)
+            if self.secure_mode:
+                for _ in range(4):
+                    flat.add_(draw.normal_(0.0, std, generator=self.generator), alpha=0.5)
+            else:
+                flat.add_(draw.normal_(0.0, std, generator=self.generator))
+        flat._processed = True
+        for p in self.params:
+            p.grad = p.summed_grad  # a view of the noised buffer
 
     def scale_grad(self) -> None:
-        # Every p.grad is a view of the one noised buffer.
         if self.loss_reduction == "mean":
-            self._flat_grad /= self.expected_batch_size * self.accumulated_iterations
+            self._flat_summed /= self.expected_batch_size * self.accumulated_iterations
+
+    def zero_grad(self, set_to_none: bool = False) -> None:
+        if not self._is_last_step_skipped:
+            self._flat_summed = None
+        super().zero_grad(set_to_none)
