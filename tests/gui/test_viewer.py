@@ -40,32 +40,6 @@ def make_package(path):
     return path
 
 
-def write_dicom(path, pixels, **fields):
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "OP"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.astype(np.uint8).tobytes()
-    for key, value in fields.items():
-        setattr(ds, key, value)
-    ds.save_as(path, enforce_file_format=True)
-
-
 @pytest.fixture
 def model_path(tmp_path):
     return make_package(tmp_path / "model.dpm")
@@ -258,9 +232,9 @@ def test_batch_cancel(qtbot, page, model_path, tmp_path, errors):
     assert "cancelled" in page.batch_summary.text() and errors == []
 
 
-def test_dicom_panel_hides_identifying_fields_until_asked(qtbot, page, tmp_path, errors):
+def test_dicom_panel_hides_identifying_fields_until_asked(qtbot, page, tmp_path, errors, write_mono_dicom):
     path = tmp_path / "eye.dcm"
-    write_dicom(path, np.full((40, 50), 120, np.uint8), PatientName="Doe^Jane", PatientID="XY-99",
+    write_mono_dicom(path, np.full((40, 50), 120, np.uint8), PatientName="Doe^Jane", PatientID="XY-99",
                 Manufacturer="Topcon")
     page.open_paths([path])  # no model: the image and its header are still shown
     qtbot.waitUntil(lambda: page.analysis is not None, timeout=WAIT_MS)

@@ -65,38 +65,11 @@ def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
     return buffer.getvalue()
 
 
-def write_dicom(path: Path, pixels: np.ndarray, **fields) -> None:
-    """An 8-bit MONOCHROME2 DICOM file holding ``pixels``, with extra header ``fields``."""
-    import pydicom
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "OP"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 8
-    ds.HighBit = 7
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.astype(np.uint8).tobytes()
-    for key, value in fields.items():
-        setattr(ds, key, value)
-    ds.save_as(path, enforce_file_format=True)
-
-
 @pytest.fixture(scope="session")
-def kit() -> SimpleNamespace:
+def kit(write_mono_dicom) -> SimpleNamespace:
     """The helpers above, for test modules (importlib mode cannot import conftest)."""
     return SimpleNamespace(SIZE=SIZE, make_package=make_package, tamper=tamper, random_image=random_image,
-                           png_bytes=png_bytes, write_dicom=write_dicom)
+                           png_bytes=png_bytes, write_dicom=write_mono_dicom)
 
 
 @pytest.fixture(scope="session")
