@@ -18,7 +18,9 @@ COMMAND_MODULES = (
     "core.commands.data",
     "core.commands.train",
     "core.commands.privacy",
+    "core.commands.ledger",
     "core.commands.predict",
+    "core.commands.trust",
     "core.commands.federation",
     "core.commands.app",
 )

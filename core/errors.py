@@ -48,6 +48,14 @@ class LedgerError(PrivacyError):
     """The privacy ledger is unreadable or inconsistent."""
 
 
+class ReleaseRefused(PrivacyError):
+    """This computation was already charged and run once; running it again would release new noise for free."""
+
+
+class AuditLogError(DopamineError):
+    """The hospital's audit log is missing, damaged or cannot be written."""
+
+
 class SecAggError(DopamineError):
     """A secure-aggregation message or request was refused."""
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
+from core.home import HospitalHome
 from gui.settings import AppSettings, save_settings
 from gui.workers import JobRunner
 
@@ -48,29 +49,44 @@ class AppContext(QObject):
         self._viewer_opener: Callable[[Path], None] | None = None
         self._navigator: Callable[[str], None] | None = None
 
-    # Paths inside the work folder. The ledger is the hospital's single privacy record.
+    # Every path comes from the hospital home (core.home), the same folder `dopamine --home` uses, so the
+    # app and the command line spend one ledger and sign with one key.
     @property
     def work_folder(self) -> Path:
         return Path(self.settings.work_folder)
 
     @property
+    def home(self) -> HospitalHome:
+        return HospitalHome.at(self.settings.work_folder)
+
+    @property
     def ledger_path(self) -> Path:
-        return self.work_folder / "privacy-ledger.sqlite"
+        return self.home.ledger
+
+    @property
+    def audit_log_path(self) -> Path:
+        """The home's signed log of everything sent and every cap change."""
+        return self.home.audit_log
 
     @property
     def models_folder(self) -> Path:
         """Models trained on this computer."""
-        return self.work_folder / "models"
+        return self.home.models
 
     @property
     def federations_folder(self) -> Path:
-        """One sub-folder per joined federation: its state, received models and audit log."""
-        return self.work_folder / "federations"
+        """One sub-folder per joined federation: its state and received models."""
+        return self.home.federations
 
     @property
     def identity_key_path(self) -> Path:
-        """This hospital's long-term Ed25519 key: signs local models and federation requests."""
-        return self.work_folder / "identity" / "hospital-ed25519.pem"
+        """This hospital's long-term Ed25519 key: signs local models, federation requests and the audit log."""
+        return self.home.identity_key
+
+    @property
+    def image_cache(self) -> Path:
+        """Decoded, resized copies of the hospital's images (safe to delete; rebuilt when needed)."""
+        return self.home.image_cache
 
     def save_settings(self) -> None:
         save_settings(self.settings)

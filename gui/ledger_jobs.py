@@ -2,7 +2,7 @@
 
 The ledger is SQLite, whose connections belong to one thread, so every job opens it, does one thing
 and closes it again. Reading a ledger that does not exist yet returns an empty snapshot and creates
-no file.
+no file. Cap changes go through core.privacy.ledger.change_cap, so each one is in the audit log.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ class LedgerSnapshot:
     accountant: str = "rdp"
     spent: float = 0.0
     entries: list[Any] = field(default_factory=list)  # core.privacy.ledger.LedgerEntry
+    notice: str = ""  # what a cap change did (core.privacy.ledger.CapChange.message)
+    below_spent: bool = False  # the cap just saved is below what is already spent
 
 
 @dataclass
@@ -58,12 +60,18 @@ def read_ledger(path: Path) -> LedgerSnapshot:
                               accountant=ledger.accountant, spent=ledger.spent(), entries=ledger.entries())
 
 
-def set_cap(path: Path, max_epsilon: float | None, delta: float | None) -> LedgerSnapshot:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _open(path) as ledger:
-        ledger.set_cap(max_epsilon, delta)
-    return read_ledger(path)
+def set_cap(home: Path, max_epsilon: float | None, delta: float | None) -> LedgerSnapshot:
+    """Change the cap of the ledger in hospital home ``home`` through core's one cap-change function, which
+    records it in the home's signed audit log (as `dopamine ledger set-cap` does)."""
+    from core.home import HospitalHome
+    from core.privacy.ledger import change_cap
+
+    hospital = HospitalHome.at(home)
+    change = change_cap(hospital, max_epsilon, delta=delta, source="the app's Privacy page")
+    snapshot = read_ledger(hospital.ledger)
+    snapshot.notice = change.message()
+    snapshot.below_spent = change.below_spent
+    return snapshot
 
 
 def check_plan(path: Path, *, noise_multiplier: float, sample_rate: float, steps: int,

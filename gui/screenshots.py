@@ -59,10 +59,9 @@ def _make_data(root: Path, *, quick: bool) -> tuple[Path, Path]:
 
 
 def _train(window, app, data: Path, *, quick: bool) -> None:
-    from core.privacy.ledger import PrivacyLedger
+    from core.privacy.ledger import change_cap
 
-    with PrivacyLedger(window.context.ledger_path) as ledger:
-        ledger.set_cap(20.0, 1e-4)
+    change_cap(window.context.home, 20.0, delta=1e-4, source="screenshot demo")  # on the audit log, as in the app
     page = window.show_page("train")
     page.data_picker.set_path(data)
     page.mode.setCurrentIndex(page.mode.findData("cdp"))

@@ -27,6 +27,8 @@ def default_threads() -> int:
 class AppSettings:
     schema_version: int = 1
     data_folder: Path = field(default_factory=lambda: paths.data_dir() / "datasets")
+    # The hospital home (core.home.HospitalHome): ledger, identity key, audit log, models, federations, image
+    # cache. The default is the one the command line uses without --home.
     work_folder: Path = field(default_factory=paths.data_dir)
     cpu_threads: int = field(default_factory=default_threads)
     accountant: str = "rdp"

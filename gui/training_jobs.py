@@ -1,9 +1,9 @@
 """Worker-thread jobs of the Train page: the privacy cost of a run before it starts, and the run.
 
-The cost is composed from the same core functions the trainer uses (split, steps per epoch, default δ,
+The cost is composed from the same core functions the trainer uses (split, steps per epoch, the δ rule,
 noise calibration, the accountant and the ledger), so the preview matches what the trainer charges.
-When δ is left automatic and the hospital's ledger already has one, the ledger's δ is used: one
-ledger composes every charge at one δ.
+When the hospital's ledger already has a δ, that δ is used (one ledger composes every charge at one δ)
+and a different one typed on the page is refused, as the trainer refuses it.
 """
 
 from __future__ import annotations
@@ -32,19 +32,16 @@ def estimate_training_cost(labels: Sequence[int], *, val_fraction: float, seed: 
                            epochs: int, noise_multiplier: float | None, target_epsilon: float | None,
                            delta: float | None, accountant: str, ledger_path: Path) -> TrainingCost:
     from core.data import stratified_split
-    from core.privacy.accountant import calibrate_noise_multiplier, check_delta, compute_epsilon
+    from core.privacy.accountant import calibrate_noise_multiplier, compute_epsilon
     from core.training.loop import steps_per_epoch
-    from core.training.trainer import default_delta
+    from core.training.trainer import resolve_delta
 
-    if delta is None:
-        delta = read_ledger(ledger_path).delta
     train_idx, _val_idx = stratified_split(list(labels), val_fraction, seed)
     num_train = len(train_idx)
     per_epoch = steps_per_epoch(num_train, batch_size)
     sample_rate = 1.0 / per_epoch
     steps = per_epoch * epochs
-    delta = delta if delta is not None else default_delta(num_train)
-    check_delta(delta, num_train)
+    delta = resolve_delta(read_ledger(ledger_path).delta, delta, num_train)
     if noise_multiplier is None:
         noise_multiplier = calibrate_noise_multiplier(target_epsilon=float(target_epsilon), sample_rate=sample_rate,
                                                       steps=steps, delta=delta, accountant=accountant)
@@ -56,11 +53,9 @@ def estimate_training_cost(labels: Sequence[int], *, val_fraction: float, seed: 
 
 
 def run_training(config: Any, *, progress, cancel, on_epoch) -> Any:
-    """core.training.trainer.run, with δ taken from the hospital's ledger when left automatic."""
+    """core.training.trainer.run in the hospital home ``config.home`` (its ledger's δ, its cache, its key)."""
     from core.training.trainer import run
 
-    if config.mode == "cdp" and config.delta is None and config.ledger is not None:
-        config.delta = read_ledger(config.ledger).delta
     return run(config, progress=progress, cancel=cancel, on_epoch=on_epoch)
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from core.commands import home as home_option
 from core.commands.progress import progress_bar
 
 
@@ -26,7 +27,8 @@ def register(subparsers) -> None:
     noise.add_argument("--noise-multiplier", type=float, help="sigma")
     noise.add_argument("--target-epsilon", type=float, help="calibrate sigma so epsilon stays at or below this")
     train.add_argument("--max-grad-norm", type=float, default=1.0, help="per-example clipping norm C")
-    train.add_argument("--delta", type=float, help="delta (default: 1e-5, or 1/(10N) for small N)")
+    train.add_argument("--delta", type=float,
+                       help="delta (default: the ledger's; a new ledger: 1e-5, or 1/(10N) for small N)")
     train.add_argument("--accountant", choices=["rdp", "prv"], default="rdp")
     train.add_argument("--image-size", type=int, default=224)
     train.add_argument("--val-fraction", type=float, default=0.2)
@@ -35,8 +37,10 @@ def register(subparsers) -> None:
     train.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
     train.add_argument("--initial-weights", type=Path, help="safetensors file to start from")
     train.add_argument("--out", type=Path, required=True, help="where to write the signed model (.dpm)")
-    train.add_argument("--ledger", type=Path, help="privacy ledger (default: the hospital's ledger)")
-    train.add_argument("--max-epsilon", type=float, help="the hospital's privacy cap (set on the ledger)")
+    home_option.add_home_option(train)
+    train.add_argument("--max-epsilon", type=float,
+                       help="sets the hospital's privacy cap when its ledger has none yet; otherwise a limit on "
+                            "this run (it never raises the cap: use `dopamine ledger set-cap`)")
     train.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     train.set_defaults(func=_train)
 
@@ -46,7 +50,11 @@ def register(subparsers) -> None:
     evaluate.add_argument("--labels-csv", type=Path)
     evaluate.add_argument("--allow-unverified", action="store_true",
                           help="evaluate even if the signature does not verify (results marked unverified)")
+    evaluate.add_argument("--require-trusted", action="store_true",
+                          help="refuse a model unless its signer is trusted here (this hospital, a coordinator of "
+                               "a federation it joined, or a key added with `dopamine trust add`)")
     evaluate.add_argument("--json", action="store_true")
+    home_option.add_home_option(evaluate)
     evaluate.set_defaults(func=_evaluate)
 
 
@@ -60,7 +68,7 @@ def _train(args: argparse.Namespace) -> int:
         lr_schedule=args.lr_schedule, optimizer=args.optimizer, noise_multiplier=args.noise_multiplier,
         target_epsilon=args.target_epsilon, max_grad_norm=args.max_grad_norm, delta=args.delta,
         accountant=args.accountant, image_size=args.image_size, val_fraction=args.val_fraction,
-        seed=args.seed, ledger=args.ledger, max_epsilon=args.max_epsilon, threads=args.threads,
+        seed=args.seed, home=args.home, max_epsilon=args.max_epsilon, threads=args.threads,
         device=args.device, initial_weights=args.initial_weights,
     )
     if args.mode == "cdp" and args.noise_multiplier is None and args.target_epsilon is None:
@@ -79,6 +87,8 @@ def _train(args: argparse.Namespace) -> int:
         print(f"Hospital ledger: {result.ledger_spent:.3f} spent in total ({result.ledger_path})")
     else:
         print("Privacy: none (mode C trains without differential privacy)")
+    for note in result.notes:
+        print(f"Note: {note}")
     print(f"Validation ({result.val_images} images): accuracy {m['accuracy']:.3f} "
           f"(majority class {result.majority_baseline:.3f}), quadratic kappa {m['kappa']:.3f}")
     print(f"Model: {result.model_path}")
@@ -87,17 +97,28 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from core.errors import ConfigError
     from core.training.evaluate import EvaluateConfig, run
 
+    if args.require_trusted and args.allow_unverified:
+        raise ConfigError("--require-trusted and --allow-unverified contradict each other; choose one.")
     config = EvaluateConfig(model=args.model, data=args.data, labels_csv=args.labels_csv,
-                            allow_unverified=args.allow_unverified)
+                            allow_unverified=args.allow_unverified, home=args.home,
+                            require_trusted=args.require_trusted)
     with progress_bar("Evaluating", enabled=not args.json) as progress:
         result = run(config, progress=progress)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     m = result["metrics"]
-    print(f"Model {result['model_path']} (signature {'verified' if result['signature_verified'] else 'NOT VERIFIED'})")
+    print(f"Model {result['model_path']}")
+    if result["signer_trusted"]:
+        print(f"Signature: {result['signer']}.")
+    elif result["signature_verified"]:
+        print(f"Signature: VALID, UNKNOWN SIGNER {result['signer_fingerprint']}: the card's claims are "
+              "unverified (`dopamine trust add` trusts it once its sender confirms the fingerprint).")
+    else:
+        print("Signature: NOT VERIFIED: the file was changed after signing, or its signature is missing.")
     print(f"{result['images']} images: accuracy {m['accuracy']:.3f} (majority class "
           f"{result['majority_baseline']:.3f}), quadratic kappa {m['kappa']:.3f}")
     recall = ", ".join(f"{c}: {'-' if r is None else f'{r:.2f}'}" for c, r in zip(result["classes"], m["per_class_recall"], strict=True))

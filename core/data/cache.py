@@ -5,6 +5,11 @@ An entry is keyed by the SHA-256 of the file's bytes and the settings that shape
 are applied later by ``normalize`` and are deliberately not part of the key. Entries are plain ``.npy``
 arrays read with ``allow_pickle=False``; an entry that is unreadable or has the wrong shape is rebuilt.
 Hashing a file costs far less than decoding it, which is what makes a warm cache fast.
+
+The entries are decoded copies of patient images, so they live only where the caller says: the hospital
+home's image cache (``HospitalHome.image_cache``) for a hospital, a federation's own folder for a
+coordinator. There is no default folder: ``cache_dir=None`` keeps nothing on disk. Measuring and clearing
+a cache folder (core.home.image_cache_usage, clear_image_cache) needs no torch, so the app can do it.
 """
 
 from __future__ import annotations
@@ -31,12 +36,6 @@ UNLABELLED = -1
 """Label stored for samples without one (e.g. images to diagnose)."""
 
 
-def default_cache_dir() -> Path:
-    from core.paths import cache_dir
-
-    return cache_dir() / "images"
-
-
 def cache_key(content_sha256: str, spec: Preprocessing) -> str:
     settings = f"v{CACHE_VERSION}|size={spec.size}|resize={spec.resize_to}"
     return hashlib.sha256(f"{content_sha256}|{settings}".encode()).hexdigest()
@@ -48,9 +47,10 @@ def load_tensors(samples: list[Sample], spec: Preprocessing, *, cache_dir: Path 
     """uint8 images [N, 3, S, S] and int64 labels [N] (UNLABELLED where a sample has none).
 
     A file that cannot be decoded raises DataError naming it: callers pass the validated samples
-    (``ValidationReport.usable_samples``), in which every file decoded once already.
+    (``ValidationReport.usable_samples``), in which every file decoded once already. ``cache_dir``:
+    where decoded copies are kept and reused (the hospital home's image cache); None keeps none.
     """
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder = Path(cache_dir) if cache_dir is not None else None
     size = spec.size
     images = torch.empty((len(samples), 3, size, size), dtype=torch.uint8)
     labels = torch.tensor([UNLABELLED if s.label is None else int(s.label) for s in samples], dtype=torch.int64)
@@ -68,8 +68,8 @@ def load_tensors(samples: list[Sample], spec: Preprocessing, *, cache_dir: Path 
         if key in done_this_run:
             images[index] = images[done_this_run[key]]
             continue
-        entry = folder / key[:2] / f"{key}.npy"
-        cached = _read_entry(entry, size)
+        entry = folder / key[:2] / f"{key}.npy" if folder is not None else None
+        cached = _read_entry(entry, size) if entry is not None else None
         if cached is not None:
             images[index] = cached
             hits += 1
@@ -79,7 +79,8 @@ def load_tensors(samples: list[Sample], spec: Preprocessing, *, cache_dir: Path 
             except ImageReadError as exc:
                 raise DataError(f"{exc} Run 'dopamine inspect' on the dataset to list every bad file.") from exc
             images[index] = tensor
-            _write_entry(entry, tensor.numpy())
+            if entry is not None:
+                _write_entry(entry, tensor.numpy())
         done_this_run[key] = index
     progress(1.0, f"Loaded {len(samples)} images ({hits} from cache)")
     return images, labels

@@ -6,7 +6,12 @@ delta every epsilon is stated at, the accountant -- and one row per charge
 ``BEGIN IMMEDIATE`` transaction, so two processes charging the same ledger are serialised and
 cannot both slip under the cap, and the row is fsynced before ``charge()`` returns. Callers
 charge *before* the noised result leaves the process: a crash afterwards over-counts, never
-under-counts.
+under-counts. A charge key names one computation (a federated round's attempt): it is charged and
+run at most once, and asking again is refused (ReleaseRefused).
+
+Cap changes made on purpose go through ``change_cap(home, ...)``, which writes a "ledger" entry to the
+home's signed audit log before it changes the ledger; the CLI (`dopamine ledger set-cap`), the app's
+Privacy page and a first ``dopamine train --max-epsilon`` all use it.
 """
 
 from __future__ import annotations
@@ -20,15 +25,19 @@ import threading
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.config import atomic_write_bytes
-from core.errors import LedgerError, PrivacyBudgetExceeded, PrivacyError
+from core.errors import LedgerError, PrivacyBudgetExceeded, PrivacyError, ReleaseRefused
 from core.privacy.accountant import (
     check_accountant_name,
     check_delta_value,
     compute_epsilon_history,
     validate_history_entry,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from core.home import HospitalHome
 
 # "DPL1": lets us tell our ledger from any other SQLite file.
 APPLICATION_ID = 0x44504C31
@@ -128,6 +137,11 @@ class PrivacyLedger:
             history = self._history(self._connection.cursor())
         return self._epsilon(history)
 
+    def _spent_at(self, delta: float, accountant: str) -> float:
+        with self._lock:
+            history = self._history(self._connection.cursor())
+        return compute_epsilon_history(_merged(history), delta=delta, accountant=accountant)
+
     def epsilon_if(self, noise_multiplier: float, sample_rate: float, steps: int) -> float:
         """What ``spent()`` would be after charging this work."""
         entry = _checked_work(noise_multiplier, sample_rate, steps)
@@ -143,30 +157,45 @@ class PrivacyLedger:
         steps: int,
         description: str,
         key: str | None = None,
+        limit: float | None = None,
     ) -> LedgerEntry:
-        """Record this work, durably, or raise PrivacyBudgetExceeded and record nothing.
+        """Record this work, durably, or raise and record nothing.
 
-        A ``key`` already in the ledger returns its entry without charging again (a resumed
-        federated round is not paid twice).
+        PrivacyBudgetExceeded when epsilon after this work would pass ``min(cap, limit)``: ``limit``
+        is a caller's own bound (a run's ``--max-epsilon``), which can only tighten the cap.
+        ReleaseRefused when ``key`` is already in the ledger: a keyed computation (a federated
+        round's attempt) runs at most once, so whoever asks for it again -- a coordinator restored
+        from a backup, a retry after a crash -- gets a refusal, never a second noised release on one
+        charge. A crash between charging and sending therefore over-counts; it never repeats.
         """
         entry = _checked_work(noise_multiplier, sample_rate, steps)
         if not isinstance(description, str):
             raise PrivacyError("A ledger charge needs a text description.")
         if key is not None and not isinstance(key, str):
             raise PrivacyError("A ledger charge key must be text.")
+        _check_cap(limit, what="run's epsilon limit")
         with self._transaction() as cursor:
             if key is not None:
                 existing = cursor.execute("SELECT * FROM charges WHERE key = ?", (key,)).fetchone()
                 if existing is not None:
-                    return _entry(existing)
+                    raise ReleaseRefused(
+                        f"This computation ({key}) was already charged and run once, on "
+                        f"{existing['time']}; a coordinator that reopens it is refused, since running it again "
+                        "would release fresh noise on one charge. Nothing was computed or sent; ask the "
+                        "coordinator to open a new round instead."
+                    )
             history = self._history(cursor)
             before = self._epsilon(history)
             after = self._epsilon(history + [entry])
-            cap = self._read_setting(cursor, "max_epsilon")
-            if cap is not None and after > float(cap):
+            stored_cap = self._read_setting(cursor, "max_epsilon")
+            cap = None if stored_cap is None else float(stored_cap)
+            bound, named = cap, "the cap"
+            if limit is not None and (cap is None or float(limit) < cap):
+                bound, named = float(limit), "this run's limit"
+            if bound is not None and after > bound:
                 raise PrivacyBudgetExceeded(
                     f"This work would raise the privacy spent on this data from epsilon={before:.3g} to "
-                    f"{_fmt(after)} (it costs {_fmt(after - before)} more), past the cap of {float(cap):.3g} "
+                    f"{_fmt(after)} (it costs {_fmt(after - before)} more), past {named} of {bound:.3g} "
                     f"at delta={self._require_delta(cursor):g}; nothing was run. Use more noise, fewer "
                     "steps or a smaller sample rate, or raise the cap if your privacy officer agrees."
                 )
@@ -179,6 +208,18 @@ class PrivacyLedger:
             row = cursor.execute("SELECT * FROM charges WHERE id = ?", (cursor.lastrowid,)).fetchone()
             self._before_commit()
         return _entry(row)
+
+    def has_charge(self, key: str) -> bool:
+        """Whether a charge with this key was recorded (its computation may have run)."""
+        with self._lock:
+            row = self._connection.execute("SELECT 1 FROM charges WHERE key = ?", (key,)).fetchone()
+        return row is not None
+
+    def keys(self) -> set[str]:
+        """Every charge key in the ledger."""
+        with self._lock:
+            rows = self._connection.execute("SELECT key FROM charges WHERE key IS NOT NULL").fetchall()
+        return {row[0] for row in rows}
 
     def entries(self) -> list[LedgerEntry]:
         with self._lock:
@@ -293,7 +334,7 @@ class PrivacyLedger:
                 elif (stored if isinstance(value, str) else float(stored)) != value:
                     raise LedgerError(
                         f"The privacy ledger {self.path} has {name}={stored}, not {value}; use its setting, "
-                        "or change it deliberately with `dopamine privacy set-cap`."
+                        "or change it deliberately with `dopamine ledger set-cap` (or the app's Privacy page)."
                     )
 
     def _setting(self, name: str) -> str | None:
@@ -364,6 +405,92 @@ class _Transaction:
             self.ledger._lock.release()
 
 
+@dataclass(frozen=True)
+class CapChange:
+    """A deliberate change of a ledger's cap (and perhaps its delta), as recorded in the audit log."""
+
+    ledger: str
+    old_cap: float | None
+    new_cap: float | None
+    old_delta: float | None
+    new_delta: float | None
+    spent: float | None  # epsilon already spent, at the new delta (None while the ledger has no delta)
+    source: str
+    old_accountant: str = "rdp"
+    new_accountant: str = "rdp"
+
+    @property
+    def changed(self) -> bool:
+        return (self.old_cap, self.old_delta, self.old_accountant) != (
+            self.new_cap, self.new_delta, self.new_accountant)
+
+    @property
+    def below_spent(self) -> bool:
+        return self.new_cap is not None and self.spent is not None and self.spent > self.new_cap
+
+    def summary(self) -> str:
+        """One line for the audit log: what changed, old and new values."""
+        text = f"privacy cap {_cap_text(self.old_cap)} -> {_cap_text(self.new_cap)}"
+        if self.new_delta != self.old_delta:
+            text += f"; delta {self.old_delta if self.old_delta is not None else 'unset'} -> {self.new_delta}"
+        if self.new_accountant != self.old_accountant:
+            text += f"; accountant {self.old_accountant} -> {self.new_accountant}"
+        return text + (f" ({self.source})" if self.source else "")
+
+    def message(self) -> str:
+        """What to tell the user."""
+        if not self.changed:
+            return f"Nothing changed: the cap is already {_cap_text(self.new_cap)}" + (
+                f" at delta = {self.new_delta:g}." if self.new_delta is not None else ".")
+        cap = "No cap: private work is no longer limited" if self.new_cap is None else (
+            f"Cap set to epsilon = {self.new_cap:g}")
+        delta = f" at delta = {self.new_delta:g}" if self.new_delta is not None else ""
+        text = f"{cap}{delta} (was {_cap_text(self.old_cap)}); recorded in the signed audit log."
+        if self.below_spent:
+            text += (f" The new cap is below the epsilon = {self.spent:.3g} already spent: nothing more can be "
+                     "charged until the cap is raised again.")
+        return text
+
+
+def change_cap(home: HospitalHome, max_epsilon: float | None, *, delta: float | None = None,
+               accountant: str | None = None, source: str = "") -> CapChange:
+    """Set (None: remove) the cap of ``home``'s ledger, optionally its delta and accountant.
+
+    The change is written to the home's signed audit log (kind "ledger") before the ledger changes, so
+    the log never misses a cap change. Lowering the cap below what is already spent is allowed: it
+    stops further private work, and ``CapChange.message()`` says so.
+    """
+    _check_cap(max_epsilon)
+    if delta is not None:
+        check_delta_value(delta)
+    if accountant is not None:
+        check_accountant_name(accountant)
+    from core.audit import AuditLog
+
+    home.ensure()
+    key = home.identity()
+    with PrivacyLedger(home.ledger) as ledger:
+        old_cap, old_delta = ledger.max_epsilon, ledger.delta
+        new_delta = delta if delta is not None else old_delta
+        spent = None if new_delta is None else ledger._spent_at(new_delta, accountant or ledger.accountant)
+        change = CapChange(ledger=str(ledger.path), old_cap=old_cap,
+                           new_cap=None if max_epsilon is None else float(max_epsilon), old_delta=old_delta,
+                           new_delta=None if new_delta is None else float(new_delta), spent=spent,
+                           source=source, old_accountant=ledger.accountant,
+                           new_accountant=accountant or ledger.accountant)
+        if not change.changed:
+            return change  # nothing to record
+        document = {**asdict(change), "time": datetime.now(UTC).isoformat(timespec="seconds")}
+        AuditLog(home.audit_log, key=key).append(
+            kind="ledger", what=change.summary(), payload=json.dumps(document, sort_keys=True).encode())
+        ledger.set_cap(max_epsilon, delta, accountant=accountant)
+    return change
+
+
+def _cap_text(cap: float | None) -> str:
+    return "none" if cap is None else f"{cap:g}"
+
+
 def _merged(history: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
     """Equal (noise, rate) entries as one, steps added: composition does not depend on order, and a
     federation of a thousand one-step rounds then costs one accountant term, not a thousand."""
@@ -390,12 +517,12 @@ def _checked_work(noise_multiplier: float, sample_rate: float, steps: int) -> tu
     return validate_history_entry((noise_multiplier, sample_rate, steps))
 
 
-def _check_cap(max_epsilon: float | None) -> None:
+def _check_cap(max_epsilon: float | None, *, what: str = "privacy cap") -> None:
     if max_epsilon is not None and (
         isinstance(max_epsilon, bool) or not isinstance(max_epsilon, int | float) or not max_epsilon > 0
         or math.isnan(max_epsilon)
     ):
-        raise PrivacyError(f"The privacy cap must be a positive epsilon (got {max_epsilon!r}).")
+        raise PrivacyError(f"The {what} must be a positive epsilon (got {max_epsilon!r}).")
 
 
 def _fmt(epsilon: float) -> str:

@@ -31,13 +31,15 @@ class TrainConfig:
     image_size: int = 224
     val_fraction: float = 0.2
     seed: int = 0
-    ledger: Path | None = None
+    # The hospital home (core.home): its ledger, identity key, run logs and image cache. None: the default home.
+    home: Path | None = None
+    # Sets the ledger's cap when it has none yet; otherwise a limit on this run that never raises the cap.
     max_epsilon: float | None = None
     threads: int | None = None
     device: str = "cpu"
     initial_weights: Path | None = None
     description: str = ""
-    schema_version: int = 1
+    schema_version: int = 2  # 2: `home` replaced `ledger`
 
     def validate(self) -> None:
         """Check values a user typed; raises ConfigError with what to change."""
@@ -70,3 +72,7 @@ class TrainConfig:
                 raise ConfigError("The target epsilon must be positive.")
             if self.max_grad_norm <= 0:
                 raise ConfigError("The clipping norm C must be positive.")
+        if self.max_epsilon is not None and not self.max_epsilon > 0:
+            raise ConfigError("--max-epsilon must be a positive epsilon.")
+        if self.delta is not None and not 0.0 < self.delta < 1.0:
+            raise ConfigError("Delta must be between 0 and 1 (and below 1/N, the number of training images).")

@@ -1,7 +1,12 @@
 """Local training job, modes C (plain SGD) and CDP (DP-SGD): ``run(config, *, progress, cancel)``.
 
-Order matters for privacy: the whole run's cost is checked against the hospital's cap before any
-step, and each epoch is charged to the ledger (durably) before that epoch runs.
+Everything lives in the hospital home (core.home): the one ledger the app and ``dopamine join`` also
+charge, the identity key that signs the model, the run log and the image cache.
+
+Order matters for privacy: the ledger is refused when it is behind the home's audit log (a restored
+backup), the whole run's cost is checked against the hospital's cap (and the run's own limit) before
+any step, and each epoch is charged to the ledger (durably) before that epoch runs. Sigma is calibrated
+at the ledger's delta, the one every epsilon of this hospital is stated at.
 """
 
 from __future__ import annotations
@@ -14,11 +19,15 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core import __version__
 from core.errors import ConfigError, DataError
 from core.jobs import NEVER_CANCELLED, CancelToken, ProgressFn, no_progress
 from core.training.config import TrainConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from core.home import HospitalHome
 
 log = logging.getLogger("dopamine.training")
 
@@ -56,6 +65,7 @@ class TrainResult:
     log_path: str
     seconds: float
     history: list[EpochStats] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # things the user should know (e.g. a cap left unchanged)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,6 +74,24 @@ class TrainResult:
 def default_delta(num_examples: int) -> float:
     """1e-5 when that is well below 1/N, else 1/(10 N)."""
     return 1e-5 if 1e-5 < 0.1 / num_examples else 0.1 / num_examples
+
+
+def resolve_delta(ledger_delta: float | None, requested: float | None, num_examples: int) -> float:
+    """The delta a private run states its epsilon at: the ledger's when it has one (every charge composes
+    at it; a different requested one is refused), else the requested one or ``default_delta``. Always
+    checked to be below 1/N."""
+    from core.privacy.accountant import check_delta
+
+    if ledger_delta is not None and requested is not None and requested != ledger_delta:
+        raise ConfigError(
+            f"The hospital's ledger states every epsilon at delta={ledger_delta:g}, so this run cannot use "
+            f"delta={requested:g}; leave delta empty (the ledger's is used), or change the ledger's delta "
+            "deliberately (`dopamine ledger set-cap`, or the Privacy page)."
+        )
+    delta = ledger_delta if ledger_delta is not None else requested
+    delta = delta if delta is not None else default_delta(num_examples)
+    check_delta(delta, num_examples)
+    return delta
 
 
 def resolve_device(name: str):
@@ -76,18 +104,41 @@ def resolve_device(name: str):
     return torch.device(name)
 
 
-def _open_ledger(config: TrainConfig, delta: float):
-    """The hospital's ledger. A new ledger adopts this run's delta and accountant; an existing one keeps
-    its own (all its charges compose at its delta); ``max_epsilon``, when given, sets the cap."""
-    from core.paths import default_ledger_path
-    from core.privacy.ledger import PrivacyLedger
+def _open_ledger(config: TrainConfig, home: HospitalHome, num_train: int, run_id: str):
+    """The home's ledger, its delta and this run's epsilon limit (None: the cap alone).
 
-    ledger = PrivacyLedger(config.ledger or default_ledger_path())
-    if ledger.delta is None:
-        ledger.set_cap(config.max_epsilon, delta, accountant=config.accountant)
-    elif config.max_epsilon is not None and config.max_epsilon != ledger.max_epsilon:
-        ledger.set_cap(config.max_epsilon)
-    return ledger
+    The ledger's delta wins: every charge composes at it, so sigma is calibrated at it too, and a run
+    asking for another delta is refused. A new ledger adopts this run's delta and accountant.
+    ``max_epsilon`` sets the cap only when the ledger has none yet (written to the audit log); with a
+    cap already set it is a limit on this run, which can only tighten the cap, never raise it.
+    """
+    from core.audit import check_ledger_not_behind
+    from core.privacy.ledger import PrivacyLedger, change_cap
+
+    home.ensure()
+    ledger = PrivacyLedger(home.ledger)
+    notes: list[str] = []
+    try:
+        check_ledger_not_behind(ledger, home.audit_log)
+        delta = resolve_delta(ledger.delta, config.delta, num_train)
+        limit = None
+        source = f"dopamine train --max-epsilon (run {run_id})"
+        if ledger.max_epsilon is None and config.max_epsilon is not None:
+            change_cap(home, config.max_epsilon, delta=delta if ledger.delta is None else None,
+                       accountant=config.accountant if ledger.delta is None else None, source=source)
+        elif ledger.delta is None:
+            change_cap(home, None, delta=delta, accountant=config.accountant,
+                       source=f"first private run {run_id} (the new ledger adopts its delta)")
+        elif config.max_epsilon is not None:
+            limit = config.max_epsilon
+            if ledger.max_epsilon is not None and limit > ledger.max_epsilon:
+                notes.append(f"--max-epsilon {limit:g} is above the hospital's cap of {ledger.max_epsilon:g}; "
+                             "the cap stands (a run never raises it; use `dopamine ledger set-cap`).")
+                log.info(notes[-1])
+    except BaseException:
+        ledger.close()
+        raise
+    return ledger, delta, limit, notes
 
 
 def _open_run_log(run_dir: Path) -> logging.Handler:
@@ -107,14 +158,15 @@ def run(
     on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> TrainResult:
     config.validate()
-    from core.paths import data_dir
+    from core.home import HospitalHome
 
+    home = HospitalHome.at(config.home).ensure()
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-    run_dir = data_dir() / "runs" / f"{run_id}-{config.mode}"
+    run_dir = home.runs / f"{run_id}-{config.mode}"
     handler = _open_run_log(run_dir)
     try:
-        log.info("run %s config %s", run_id, config)
-        result = _run(config, run_id, run_dir, progress, cancel, on_epoch)
+        log.info("run %s in home %s config %s", run_id, home.root, config)
+        result = _run(config, home, run_id, run_dir, progress, cancel, on_epoch)
         log.info("finished: %s", {k: v for k, v in result.to_dict().items() if k != "history"})
         return result
     except Exception as exc:
@@ -125,19 +177,18 @@ def run(
         handler.close()
 
 
-def _run(config, run_id, run_dir, progress, cancel, on_epoch) -> TrainResult:
+def _run(config, home, run_id, run_dir, progress, cancel, on_epoch) -> TrainResult:
     with ExitStack() as closing:
-        return _train(config, run_id, run_dir, progress, cancel, on_epoch, closing)
+        return _train(config, home, run_id, run_dir, progress, cancel, on_epoch, closing)
 
 
-def _train(config, run_id, run_dir, progress, cancel, on_epoch, closing: ExitStack) -> TrainResult:
+def _train(config, home, run_id, run_dir, progress, cancel, on_epoch, closing: ExitStack) -> TrainResult:
     import torch
 
     from core.data import Preprocessing, load_tensors, stratified_split, validate
     from core.models.package import ModelCard, write_package
     from core.models.registry import build_model
-    from core.privacy.accountant import calibrate_noise_multiplier, check_delta, compute_epsilon
-    from core.signing import load_or_create_private_key
+    from core.privacy.accountant import calibrate_noise_multiplier, compute_epsilon
     from core.training.loop import DPSettings, evaluate_model, steps_per_epoch, train_local
     from core.training.metrics import majority_baseline
 
@@ -166,10 +217,10 @@ def _train(config, run_id, run_dir, progress, cancel, on_epoch, closing: ExitSta
 
     spec = Preprocessing(size=config.image_size)
     progress(0.05, "Preparing images (decoded once, then cached)")
-    x_train, y_train = load_tensors(train_samples, spec, progress=lambda f, m: progress(0.05 + 0.07 * f, m),
-                                    cancel=cancel)
-    x_val, y_val = load_tensors(val_samples, spec, progress=lambda f, m: progress(0.12 + 0.03 * f, m),
-                                cancel=cancel)
+    x_train, y_train = load_tensors(train_samples, spec, cache_dir=home.image_cache,
+                                    progress=lambda f, m: progress(0.05 + 0.07 * f, m), cancel=cancel)
+    x_val, y_val = load_tensors(val_samples, spec, cache_dir=home.image_cache,
+                                progress=lambda f, m: progress(0.12 + 0.03 * f, m), cancel=cancel)
 
     per_epoch = steps_per_epoch(num_train, config.batch_size)
     sample_rate = 1.0 / per_epoch
@@ -178,9 +229,11 @@ def _train(config, run_id, run_dir, progress, cancel, on_epoch, closing: ExitSta
     delta = epsilon = None
     ledger = None
     noise_multiplier = config.noise_multiplier
+    limit = None
+    notes: list[str] = []
     if config.mode == "cdp":
-        delta = config.delta if config.delta is not None else default_delta(num_train)
-        check_delta(delta, num_train)
+        ledger, delta, limit, notes = _open_ledger(config, home, num_train, run_id)
+        closing.callback(ledger.close)
         if config.target_epsilon is not None:
             progress(0.15, "Calibrating the noise to the target epsilon")
             noise_multiplier = calibrate_noise_multiplier(
@@ -189,17 +242,17 @@ def _train(config, run_id, run_dir, progress, cancel, on_epoch, closing: ExitSta
         epsilon = compute_epsilon(sample_rate=sample_rate, noise_multiplier=noise_multiplier,
                                   steps=total_steps, delta=delta, accountant=config.accountant)
         dp = DPSettings(noise_multiplier=noise_multiplier, max_grad_norm=config.max_grad_norm)
-        ledger = _open_ledger(config, delta)
-        closing.callback(ledger.close)
-        # Refuse before any step when the whole run would pass the cap.
-        if ledger.max_epsilon is not None:
+        # Refuse before any step when the whole run would pass the cap or this run's own limit.
+        bounds = [b for b in (ledger.max_epsilon, limit) if b is not None]
+        if bounds:
             after = ledger.epsilon_if(noise_multiplier, sample_rate, total_steps)
-            if after > ledger.max_epsilon:
+            if after > min(bounds):
                 from core.errors import PrivacyBudgetExceeded
 
+                named = "this run's --max-epsilon" if min(bounds) != ledger.max_epsilon else "its cap"
                 raise PrivacyBudgetExceeded(
                     f"This run would bring the hospital's epsilon from {ledger.spent():.3g} to {after:.3g}, "
-                    f"above its cap of {ledger.max_epsilon:.3g}; train fewer epochs, add noise or raise the cap."
+                    f"above {named} of {min(bounds):.3g}; train fewer epochs, add noise or raise the limit."
                 )
         log.info("DP-SGD: q=%.5f sigma=%.4f C=%.3f steps=%d delta=%.3g epsilon=%.4f (%s)",
                  sample_rate, noise_multiplier, config.max_grad_norm, total_steps, delta, epsilon,
@@ -219,7 +272,7 @@ def _train(config, run_id, run_dir, progress, cancel, on_epoch, closing: ExitSta
         if ledger is not None:
             ledger.charge(noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=per_epoch,
                           description=f"local DP-SGD run {run_id}, epoch {epoch}/{config.epochs}",
-                          key=f"local:{run_id}:epoch:{epoch}")
+                          key=f"local:{run_id}:epoch:{epoch}", limit=limit)
 
     def after_epoch(epoch: int, train_loss: float) -> None:
         val = evaluate_model(model, x_val, y_val, spec, num_classes=len(classes), device=device)
@@ -252,9 +305,7 @@ def _train(config, run_id, run_dir, progress, cancel, on_epoch, closing: ExitSta
         created=datetime.now(UTC).isoformat(timespec="seconds"), software_version=__version__,
         description=config.description or f"Local {config.mode.upper()} training on {Path(config.data).name}",
     )
-    from core.paths import data_dir
-
-    key = load_or_create_private_key(data_dir() / "identity" / "hospital_ed25519.pem")
+    key = home.identity()
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     sha256 = write_package(Path(config.out), state, card, key)
     progress(1.0, "Done")
@@ -268,4 +319,5 @@ def _train(config, run_id, run_dir, progress, cancel, on_epoch, closing: ExitSta
         ledger_path=str(ledger.path) if ledger is not None else None,
         ledger_spent=ledger.spent() if ledger is not None else None,
         log_path=str(run_dir / "train.log"), seconds=time.monotonic() - started, history=history,
+        notes=notes,
     )

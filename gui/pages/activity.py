@@ -1,4 +1,4 @@
-"""Activity: the hash-chained audit log of everything this hospital sent, and whether the chain holds."""
+"""Activity: the hospital home's signed audit log of everything it sent and every cap change, verified."""
 
 from __future__ import annotations
 
@@ -22,25 +22,41 @@ from gui.dialogs import show_error
 from gui.widgets.common import Banner, button, label
 from gui.widgets.page import Page
 
+NOTHING_YET = "No audit log yet: this hospital has not sent anything to a federation or changed its privacy cap."
+
 
 @dataclass
 class AuditView:
     path: Path
-    entries: list[Any]  # core.federation.audit.AuditEntry
-    verification: Any  # core.federation.audit.AuditVerification
+    entries: list[Any]  # core.audit.AuditEntry
+    verification: Any  # core.audit.AuditVerification
+    key_note: str = ""  # why the signatures were not checked, when they were not
 
 
-def find_audit_logs(federations_folder: Path) -> list[Path]:
-    """Every joined federation keeps its own audit log inside its folder."""
-    if not federations_folder.is_dir():
-        return []
-    return sorted(p for p in federations_folder.rglob("audit*.jsonl") if p.is_file())
+def load_audit(path: Path, home: Path | None = None) -> AuditView:
+    """Read and verify ``path`` (worker thread). The home's own log is checked with the home's identity
+    key; any other file has no key to check against here, so only its chain is checked."""
+    from core.audit import read_audit_log, verify_audit_log
+    from core.home import HospitalHome
+
+    path = Path(path)
+    public_key = None
+    note = "This log is not this hospital home's own, so there is no key here to check its signatures."
+    if home is not None:
+        hospital = HospitalHome.at(home)
+        if path.resolve() == hospital.audit_log.resolve():
+            if hospital.identity_key.exists():
+                from core.signing import load_private_key, public_key_bytes
+
+                public_key = public_key_bytes(load_private_key(hospital.identity_key))
+                note = ""
+            else:
+                note = f"This home has no identity key ({hospital.identity_key}) to check the signatures with."
+    return AuditView(path, read_audit_log(path), verify_audit_log(path, public_key), note)
 
 
-def load_audit(path: Path) -> AuditView:
-    from core.federation.audit import read_audit_log, verify_audit_log
-
-    return AuditView(Path(path), read_audit_log(path), verify_audit_log(path))
+def _entries(count: int) -> str:
+    return f"{count} entr{'y' if count == 1 else 'ies'}"
 
 
 def human_bytes(count: int) -> str:
@@ -55,8 +71,9 @@ def human_bytes(count: int) -> str:
 class ActivityPage(Page):
     key = "activity"
     title = "Activity"
-    subtitle = ("Everything this hospital sent to a federation coordinator, recorded before it was sent. "
-                "Each entry is chained to the one before by its hash, so any later edit shows up.")
+    subtitle = ("Everything this hospital sent to a federation coordinator, and every change to its privacy "
+                "cap, recorded before it happened. Each entry is chained to the one before by its hash and "
+                "signed with this hospital's key, so any later edit shows up.")
 
     def __init__(self, context: AppContext, parent: QWidget | None = None) -> None:
         super().__init__(context, parent)
@@ -73,7 +90,7 @@ class ActivityPage(Page):
         self.verdict = Banner("", "info")
         self.body.addWidget(self.verdict)
         self.table = QTableWidget(0, 7)
-        self.table.setHorizontalHeaderLabels(["#", "When (UTC)", "Round", "Phase", "What was sent", "Size",
+        self.table.setHorizontalHeaderLabels(["#", "When (UTC)", "Round", "Phase", "What", "Size",
                                               "SHA-256 of the bytes"])
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -89,16 +106,20 @@ class ActivityPage(Page):
         self.logs.currentIndexChanged.connect(self._log_chosen)
         self.open_button.clicked.connect(self._open_other)
         self.refresh_button.clicked.connect(self.verify)
-        self.verdict.show_message("No audit log yet: this hospital has not sent anything to a federation.",
-                                  "info")
+        self.verdict.show_message(NOTHING_YET, "info")
+        context.settings_changed.connect(self._home_changed)
 
     def on_shown(self) -> None:
         self.reload_list()
 
+    def _home_changed(self) -> None:
+        if self.isVisible():
+            self.reload_list()
+
     def reload_list(self, select: Path | None = None) -> None:
         current = select or self.current_path()
-        paths = find_audit_logs(self.context.federations_folder)
-        if current is not None and current not in paths:
+        paths = [self.context.audit_log_path] if self.context.audit_log_path.is_file() else []
+        if current is not None and current not in paths and current.is_file():
             paths.append(current)
         self.logs.blockSignals(True)
         self.logs.clear()
@@ -110,15 +131,14 @@ class ActivityPage(Page):
         if paths:
             self.verify()
         else:
+            self.view = None
             self.table.setRowCount(0)
-            self.verdict.show_message(
-                "No audit log yet: this hospital has not sent anything to a federation.", "info")
+            self.verdict.show_message(NOTHING_YET, "info")
 
     def _log_name(self, path: Path) -> str:
-        try:
-            return str(path.relative_to(self.context.federations_folder))
-        except ValueError:
-            return str(path)
+        if path == self.context.audit_log_path:
+            return f"This hospital's audit log ({path})"
+        return str(path)
 
     def current_path(self) -> Path | None:
         data = self.logs.currentData()
@@ -138,8 +158,8 @@ class ActivityPage(Page):
         if path is None:
             return
         self.verdict.show_message(f"Verifying {path.name}…", "info")
-        self.context.runner.start(load_audit, path, name="verify audit log", on_done=self.show_view,
-                                  on_error=self._failed)
+        self.context.runner.start(load_audit, path, self.context.home.root, name="verify audit log",
+                                  on_done=self.show_view, on_error=self._failed)
 
     def _failed(self, exc: BaseException) -> None:
         self.verdict.show_message(str(exc), "error")
@@ -148,24 +168,33 @@ class ActivityPage(Page):
     def show_view(self, view: AuditView) -> None:
         self.view = view
         v = view.verification
-        if v.ok:
+        if v.ok and v.signatures_checked:
             self.verdict.show_message(
-                f"<b>Chain intact.</b> {v.entries} entries verified; {human_bytes(v.total_bytes)} sent in "
+                f"<b>Chain intact, every entry signed by this hospital.</b> {_entries(v.entries)} verified with "
+                f"the hospital's key ({v.signer_fingerprint[:19]}…); {human_bytes(v.total_bytes)} sent in "
                 "total. Nothing was edited, removed or reordered.", "ok")
+        elif v.ok:
+            self.verdict.show_message(
+                f"<b>Chain intact; signatures not checked.</b> {_entries(v.entries)} link up; "
+                f"{human_bytes(v.total_bytes)} sent in total. {view.key_note} Whoever can write the file "
+                "could have rebuilt an unsigned chain.", "warning")
         else:
             self.verdict.show_message(
-                f"<b>Chain BROKEN at line {v.broken_at_line}:</b> {v.reason}. "
+                f"<b>Log BROKEN at line {v.broken_at_line}:</b> {v.reason}. "
                 f"{v.entries} earlier entr{'y is' if v.entries == 1 else 'ies are'} intact. "
                 "Keep a copy of this file and tell your IT security team.", "error")
         self.table.setRowCount(len(view.entries))
         for row, entry in enumerate(view.entries):
+            cap_change = entry.kind == "ledger"
             values = (str(entry.seq), entry.time[:19].replace("T", " "),
-                      "" if entry.round is None else str(entry.round), entry.phase, entry.what,
-                      human_bytes(entry.bytes), entry.sha256[:16] + "…")
+                      "" if entry.round is None else str(entry.round),
+                      "privacy cap" if cap_change else entry.phase, entry.what,
+                      "—" if cap_change else human_bytes(entry.bytes), entry.sha256[:16] + "…")
             for column, value in enumerate(values):
                 item = QTableWidgetItem(value)
                 if column == 6:
                     item.setToolTip(entry.sha256)
                 if column == 4:
-                    item.setToolTip(entry.destination)
+                    tip = " · ".join(x for x in (entry.destination, entry.federation, entry.ledger_key) if x)
+                    item.setToolTip(tip)
                 self.table.setItem(row, column, item)

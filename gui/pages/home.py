@@ -16,14 +16,20 @@ WHAT_IT_DOES = (
     "was used. Trained models diagnose new images offline, on this computer."
 )
 STAYS_HERE = (
-    "<b>Never leaves this hospital:</b> patient images, their labels, file names, and anything "
-    "computed from a single patient. Images are read where they are; nothing is copied or uploaded."
+    "<b>Never leaves this computer:</b> patient images, their labels, file names, and anything "
+    "computed from a single patient. No image is uploaded, ever."
+)
+KEPT_ON_DISK = (
+    "<b>Kept on this computer, in the hospital home folder:</b> decoded, resized copies of the hospital's "
+    "images in the image cache (so training does not decode them again; clear them in Settings), the "
+    "privacy ledger of every ε spent, the signed audit log of everything sent, this hospital's identity "
+    "key, and the models. The original images are read where they are."
 )
 LEAVES = (
     "<b>Leaves only when you join a federation:</b> model updates computed from many images at once, "
     "with noise added and masked by secure aggregation, so the coordinator sees only the sum over "
-    "several hospitals. Every byte sent is recorded on the Activity page, and its privacy cost is "
-    "charged to this hospital's budget on the Privacy page before it is sent."
+    "several hospitals. Every byte sent is recorded first in the signed audit log (Activity page), and "
+    "its privacy cost is charged to this hospital's budget (Privacy page) before it is sent."
 )
 
 STATE_TEXT = {
@@ -68,6 +74,10 @@ class HomePage(Page):
         data_cards.addWidget(Banner(STAYS_HERE, "ok"), 1)
         data_cards.addWidget(Banner(LEAVES, "privacy"), 1)
         self.body.addLayout(data_cards)
+        self.kept_on_disk = Banner(KEPT_ON_DISK, "info")
+        self.body.addWidget(self.kept_on_disk)
+        self.home_label = label("", "muted", selectable=True)
+        self.body.addWidget(self.home_label)
 
         self.body.addWidget(label("Start here", "section"))
         actions = QGridLayout()
@@ -103,13 +113,17 @@ class HomePage(Page):
     def _show_federation(self, status: FederationStatus) -> None:
         self.federation_label.setText(federation_summary(status))
 
+    def _show_home(self) -> None:
+        self.home_label.setText(f"Hospital home folder: {self.context.home.root} (change it in Settings).")
+
     def _show_dataset(self) -> None:
+        self._show_home()
         report = self.context.dataset_report
         dataset = self.context.settings.dataset
         if report is not None:
             self.dataset_label.setText(
                 f"{report.root}: {report.usable} usable images in {len(report.classes)} classes "
-                f"({serious_problems(report)} problem(s) found). They stay where they are.")
+                f"({serious_problems(report)} problem(s) found). The originals stay where they are.")
         elif dataset is not None:
             self.dataset_label.setText(f"{dataset} (open the Data page to check it again).")
         else:

@@ -85,8 +85,12 @@ class PrivacyPage(Page):
         cap_card.body.addLayout(form)
         self.save_cap_button = button("Save cap", primary=True)
         cap_card.body.addWidget(self.save_cap_button)
-        cap_card.body.addWidget(label("The cap and δ are stored in the ledger itself, so the command line "
-                                      "and the app enforce the same limit.", "muted"))
+        self.cap_notice = Banner("", "info")
+        self.cap_notice.setVisible(False)
+        cap_card.body.addWidget(self.cap_notice)
+        cap_card.body.addWidget(label("The cap and δ are stored in the hospital's one ledger, so `dopamine` "
+                                      "on the command line and the app enforce the same limit. Every change "
+                                      "is written to the signed audit log (Activity page).", "muted"))
         top.addWidget(cap_card, 1)
         self.body.addLayout(top)
 
@@ -207,11 +211,13 @@ class PrivacyPage(Page):
             show_error(self, exc)
             return
         cap = self.cap_spin.value() if self.cap_enabled.isChecked() else None
-        self.context.runner.start(set_cap, self.context.ledger_path, cap, delta, name="set cap",
+        self.context.runner.start(set_cap, self.context.home.root, cap, delta, name="set cap",
                                   on_done=self._cap_saved, on_error=lambda e: show_error(self, e))
 
     def _cap_saved(self, snapshot: LedgerSnapshot) -> None:
         self.show_snapshot(snapshot)
+        if snapshot.notice:
+            self.cap_notice.show_message(snapshot.notice, "warning" if snapshot.below_spent else "ok")
         self.context.ledger_changed.emit()
 
     def check_plan(self) -> None:

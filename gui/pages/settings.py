@@ -1,4 +1,5 @@
-"""Settings: folders, CPU threads, default accountant and theme. Saved as soon as they change."""
+"""Settings: the hospital home and its image cache, CPU threads, default accountant and theme. Saved as
+soon as they change."""
 
 from __future__ import annotations
 
@@ -31,12 +32,16 @@ class SettingsPage(Page):
         self.data_folder = PathPicker(folder=True)
         self.work_folder = PathPicker(folder=True)
         form.addRow("Images start in", self.data_folder)
-        form.addRow("Work folder", self.work_folder)
+        form.addRow("Hospital home folder", self.work_folder)
         folders.body.addLayout(form)
         folders.body.addWidget(label(
-            "The work folder holds the privacy ledger, trained and received models and federation "
-            "records. Images are never copied there; Dopamine reads them where they are.", "muted"))
+            "The hospital home holds this hospital's one privacy ledger, its identity key, the signed audit "
+            "log, trained and received models, federation records and the image cache. The command line "
+            "uses the same folder (`dopamine … --home`), so both spend one privacy budget. Images are read "
+            "where they are; the only copies are the decoded ones in the image cache below.", "muted"))
         self.body.addWidget(folders)
+        self.image_cache = ImageCacheCard(context)
+        self.body.addWidget(self.image_cache)
 
         computing = Card("Computing and privacy")
         cform = QFormLayout()
@@ -59,6 +64,9 @@ class SettingsPage(Page):
             "Leave one thread free to keep the computer responsive. The accountant turns noise and "
             "steps into ε; the one used is recorded with every number.", "muted"))
         self.body.addWidget(computing)
+
+        self.trusted_signers = TrustedSigners(context)
+        self.body.addWidget(self.trusted_signers)
 
         self.locations = KeyValueCard("Where Dopamine keeps its files")
         self.body.addWidget(self.locations)
@@ -96,10 +104,13 @@ class SettingsPage(Page):
         self.locations.set_rows([
             ("Settings file", settings_path()),
             ("Privacy ledger", self.context.ledger_path),
+            ("Audit log (signed)", self.context.audit_log_path),
+            ("Identity key", self.context.identity_key_path),
             ("Models trained here", self.context.models_folder),
+            ("Training runs", self.context.home.runs),
             ("Federations", self.context.federations_folder),
-            ("Image cache (safe to delete)", paths.cache_dir()),
-            ("Logs", paths.log_dir()),
+            ("Image cache (safe to delete)", self.context.image_cache),
+            ("App logs", paths.log_dir()),
         ])
 
     def apply(self) -> None:
@@ -128,3 +139,237 @@ class SettingsPage(Page):
         defaults = AppSettings()
         self._load(defaults)
         self.apply()
+
+
+class ImageCacheCard(Card):
+    """The hospital home's image cache: decoded copies of the hospital's images, their size and a Clear
+    button. Sizes are computed and files deleted on worker threads."""
+
+    def __init__(self, context: AppContext, parent: QWidget | None = None) -> None:
+        super().__init__("Image cache", parent)
+        self.context = context
+        self.size: tuple[int, int] | None = None  # (entries, bytes) last measured
+        self.body.addWidget(label(
+            "To train quickly, Dopamine keeps a decoded, resized copy of each image it reads in the hospital "
+            "home. These copies are patient data and stay on this computer; deleting them is safe, they are "
+            "rebuilt from the original images when needed.", "muted"))
+        row = QHBoxLayout()
+        self.summary = label("Measuring…", selectable=True)
+        self.clear_button = button("Clear image cache", danger=True)
+        row.addWidget(self.summary, 1)
+        row.addWidget(self.clear_button)
+        self.body.addLayout(row)
+        self.clear_button.clicked.connect(self.clear)
+        context.settings_changed.connect(self.refresh)
+
+    def showEvent(self, event) -> None:  # noqa: N802 -- Qt's name
+        super().showEvent(event)
+        self.refresh()
+
+    def refresh(self) -> None:
+        from core.home import image_cache_usage
+
+        self.context.runner.start(image_cache_usage, self.context.image_cache, name="measure image cache",
+                                  on_done=self.show_size, on_error=lambda exc: self.summary.setText(str(exc)))
+
+    def show_size(self, size: tuple[int, int]) -> None:
+        from gui.pages.activity import human_bytes
+
+        self.size = size
+        entries, total = size
+        where = self.context.image_cache
+        if entries == 0:
+            self.summary.setText(f"Empty ({where}).")
+        else:
+            self.summary.setText(f"{entries} decoded image(s), {human_bytes(total)}, in {where}.")
+        self.clear_button.setEnabled(entries > 0)
+
+    def clear(self) -> None:
+        from gui import dialogs
+
+        entries, total = self.size or (0, 0)
+        if not dialogs.confirm(
+                self, "Clear the image cache?",
+                f"Delete the {entries} decoded copies ({self._bytes(total)}) of this hospital's images in "
+                f"{self.context.image_cache}? The original images are not touched; the copies are rebuilt "
+                "from them the next time they are needed, so the next training run starts more slowly.",
+                yes="Clear"):
+            return
+        from core.home import clear_image_cache
+
+        self.summary.setText("Clearing…")
+        self.context.runner.start(clear_image_cache, self.context.image_cache, name="clear image cache",
+                                  on_done=lambda _freed: self.refresh(),
+                                  on_error=lambda exc: show_error(self, exc))
+
+    @staticmethod
+    def _bytes(count: int) -> str:
+        from gui.pages.activity import human_bytes
+
+        return human_bytes(count)
+
+
+class TrustedSigners(Card):
+    """The model signers this hospital trusts (core.models.trust): whose model cards count.
+
+    Its own key and the coordinators of federations it joined are trusted by themselves; other senders
+    are added from one of their model files after comparing fingerprints, and can be removed. Key files
+    are read on workers; every change says so through ``models_changed`` (Viewer, Models pages).
+    """
+
+    COLUMNS = ("Name", "Kind", "Fingerprint")
+    NOBODY = "Nobody yet: models signed by anyone show as “unknown signer”."
+
+    def __init__(self, context: AppContext, parent: QWidget | None = None) -> None:
+        from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableWidget
+
+        super().__init__("Trusted signers", parent)
+        self.context = context
+        self.signers: list = []  # core.models.trust.TrustedSigner
+        self.body.addWidget(label(
+            "A model's card (privacy ε, training, accuracy) counts only when its signer is trusted. This "
+            "hospital's own key and the coordinators of federations it joined are trusted by themselves. Add "
+            "another sender only after they read you their fingerprint (phone, in person) and it matches.",
+            "muted"))
+        self.table = QTableWidget(0, len(self.COLUMNS))
+        self.table.setObjectName("trustedSigners")
+        self.table.setHorizontalHeaderLabels(list(self.COLUMNS))
+        self.table.verticalHeader().setVisible(False)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setWordWrap(True)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        self.table.setFixedHeight(80)
+        self.body.addWidget(self.table)
+        self.status = label("", "muted", selectable=True)
+        self.body.addWidget(self.status)
+        row = QHBoxLayout()
+        self.add_button = button("Add from a model file…")
+        self.remove_button = button("Remove")
+        row.addWidget(self.add_button)
+        row.addWidget(self.remove_button)
+        row.addStretch(1)
+        self.body.addLayout(row)
+        self.add_button.clicked.connect(self.choose_model)
+        self.remove_button.clicked.connect(self.remove_selected)
+        self.table.itemSelectionChanged.connect(self._selection_changed)
+        context.models_changed.connect(self.refresh)
+        self._selection_changed()
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt override)
+        # Keys can change outside the app (`dopamine trust add`, a federation joined): list them afresh.
+        super().showEvent(event)
+        self.refresh()
+
+    def _home(self):
+        from gui.model_jobs import home_of
+
+        return home_of(self.context)
+
+    def refresh(self) -> None:
+        from gui.model_jobs import list_signers
+
+        self.context.runner.start(list_signers, self._home(), name="List trusted signers", on_done=self.show_signers,
+                                  on_error=lambda exc: self.status.setText(str(exc)))
+
+    def show_signers(self, signers: list) -> None:
+        from PySide6.QtGui import QFont
+        from PySide6.QtWidgets import QTableWidgetItem
+
+        self.signers = list(signers)
+        self.table.setRowCount(len(self.signers))
+        mono = QFont("monospace")
+        mono.setStyleHint(QFont.StyleHint.Monospace)
+        for row, signer in enumerate(self.signers):
+            groups = signer.fingerprint.split()
+            cells = (signer.name, signer.kind, " ".join(groups[:8]) + "\n" + " ".join(groups[8:]))
+            for column, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                item.setToolTip(f"{signer.kind}; from {signer.source}" + (f"; added {signer.added}" if signer.added
+                                                                          else ""))
+                if column == 2:
+                    item.setFont(mono)
+                self.table.setItem(row, column, item)
+        self.table.resizeRowsToContents()
+        # As tall as its rows (a hospital trusts a handful of signers), so the page does not show a blank box.
+        rows_height = sum(self.table.rowHeight(r) for r in range(self.table.rowCount()))
+        self.table.setFixedHeight(max(80, self.table.horizontalHeader().height() + rows_height + 6))
+        if not self.signers:
+            self.status.setText(self.NOBODY)
+        elif self.status.text() == self.NOBODY:
+            self.status.setText("")
+        self._selection_changed()
+
+    def selected(self):
+        rows = self.table.selectionModel().selectedRows()
+        if not rows or rows[0].row() >= len(self.signers):
+            return None
+        return self.signers[rows[0].row()]
+
+    def _selection_changed(self) -> None:
+        from gui.model_jobs import ADDED_BY_USER
+
+        signer = self.selected()
+        self.remove_button.setEnabled(signer is not None and signer.kind == ADDED_BY_USER)
+
+    def choose_model(self) -> None:
+        from PySide6.QtWidgets import QFileDialog
+
+        chosen, _ = QFileDialog.getOpenFileName(self, "Trust the signer of a model file",
+                                                str(self.context.models_folder), "Dopamine models (*.dpm)")
+        if chosen:
+            self.add_from_model(Path(chosen))
+
+    def add_from_model(self, path: Path) -> None:
+        """Read the file's signer on a worker, then ask the user to compare fingerprints and name it."""
+        from gui.model_jobs import read_signer
+
+        self.context.runner.start(read_signer, Path(path), self._home(), name="Read model signer",
+                                  on_done=self._confirm_signer, on_error=lambda exc: show_error(self, exc))
+
+    def _confirm_signer(self, found) -> None:
+        from gui.model_jobs import ADDED_BY_USER, add_signer
+
+        if found.already is not None and found.already.kind != ADDED_BY_USER:
+            self.status.setText(f"{found.path.name} is signed by {found.already.described}, already trusted.")
+            return
+        name = self.ask_name(found.fingerprint, found.already.name if found.already else "")
+        if not name:
+            return
+        self.context.runner.start(add_signer, self._home(), found.public_key, name, str(found.path), name="Trust signer",
+                                  on_done=lambda signer: self._changed(f"Trusted: {signer.name} ({signer.fingerprint})."),
+                                  on_error=lambda exc: show_error(self, exc))
+
+    def ask_name(self, fingerprint: str, suggested: str) -> str | None:
+        """The signer's name once the user compared ``fingerprint`` with the sender's; None to cancel."""
+        from PySide6.QtWidgets import QInputDialog
+
+        groups = fingerprint.split()
+        name, ok = QInputDialog.getText(
+            self, "Trust this signer?",
+            "Fingerprint of the key that signed the file:\n\n" + " ".join(groups[:8]) + "\n"
+            + " ".join(groups[8:]) + "\n\nAsk the sender to read you their fingerprint (phone, in person). Only "
+            "if every group matches, name the signer (who they are):", text=suggested)
+        return name.strip() if ok and name.strip() else None
+
+    def remove_selected(self) -> None:
+        from gui import dialogs
+        from gui.model_jobs import remove_signer
+
+        signer = self.selected()
+        if signer is None or not self.remove_button.isEnabled():
+            return
+        if dialogs.confirm(self, "Stop trusting this signer?",
+                           f"Models signed by {signer.name} will show as “unknown signer”: their "
+                           "cards’ claims unverified.", yes="Remove"):
+            self.context.runner.start(remove_signer, self._home(), signer.fingerprint, name="Remove trusted signer",
+                                      on_done=lambda removed: self._changed(f"No longer trusted: {removed.name}."),
+                                      on_error=lambda exc: show_error(self, exc))
+
+    def _changed(self, message: str) -> None:
+        self.status.setText(message)
+        # The Viewer and Models pages re-check their signatures; this list reloads too.
+        self.context.models_changed.emit()

@@ -112,7 +112,7 @@ class TrainPage(Page):
         self.noise_multiplier = _dspin(0.1, 50.0, 1.0, decimals=3, step=0.1)
         self.max_grad_norm = _dspin(0.01, 100.0, 1.0, decimals=2, step=0.1)
         self.delta = QLineEdit()
-        self.delta.setPlaceholderText("automatic (1e-5, or below 1/N)")
+        self.delta.setPlaceholderText("automatic (the ledger's δ; a new ledger: 1e-5, or below 1/N)")
         self.accountant = QComboBox()
         for key, text in ACCOUNTANTS.items():
             self.accountant.addItem(text, key)
@@ -229,7 +229,7 @@ class TrainPage(Page):
             noise_multiplier=self.noise_multiplier.value() if private and self.by_sigma.isChecked() else None,
             target_epsilon=self.target_epsilon.value() if private and self.by_epsilon.isChecked() else None,
             max_grad_norm=self.max_grad_norm.value(), delta=parse_delta(self.delta.text()) if private else None,
-            accountant=self.accountant.currentData(), ledger=self.context.ledger_path,
+            accountant=self.accountant.currentData(), home=self.context.home.root,
             threads=self.context.settings.cpu_threads,
         )
         config.validate()

@@ -29,6 +29,13 @@ def test_cap_charges_curve_and_a_refused_plan(window, qtbot):
     _wait_snapshot(qtbot, page)
     with PrivacyLedger(window.context.ledger_path) as ledger:
         assert (ledger.max_epsilon, ledger.delta) == (2.0, 1e-5)
+    # The change went through core's one cap-change function: it is in the signed audit log.
+    from core.audit import read_audit_log
+
+    (entry,) = read_audit_log(window.context.audit_log_path)
+    assert entry.kind == "ledger" and "none -> 2" in entry.what and "Privacy page" in entry.what
+    assert page.cap_notice.isVisible() and page.cap_notice.kind == "ok"
+    with PrivacyLedger(window.context.ledger_path) as ledger:
         ledger.charge(noise_multiplier=1.2, sample_rate=0.01, steps=200, description="local run, epoch 1")
         ledger.charge(noise_multiplier=1.2, sample_rate=0.01, steps=200, description="local run, epoch 2")
         spent = ledger.spent()
@@ -82,3 +89,21 @@ def test_a_bad_delta_is_explained(window, qtbot):
 
     box = window.findChild(QMessageBox, "errorDialog")
     assert box is not None and "not a number" in box.text()
+
+
+def test_lowering_the_cap_below_what_was_spent_is_allowed_and_said(window, qtbot):
+    from core.audit import read_audit_log
+
+    with PrivacyLedger(window.context.ledger_path, max_epsilon=10.0, delta=1e-5) as ledger:
+        ledger.charge(noise_multiplier=1.0, sample_rate=0.02, steps=500, description="a run")
+        spent = ledger.spent()
+    page = window.show_page("privacy")
+    _wait_snapshot(qtbot, page)
+    page.cap_enabled.setChecked(True)
+    page.cap_spin.setValue(round(spent / 2, 2))
+    page.save_cap()
+    qtbot.waitUntil(lambda: page.cap_notice.isVisible(), timeout=20000)
+    assert page.cap_notice.kind == "warning" and "below the epsilon" in page.cap_notice.text()
+    with PrivacyLedger(window.context.ledger_path) as ledger:
+        assert ledger.max_epsilon == round(spent / 2, 2)
+    assert [e.kind for e in read_audit_log(window.context.audit_log_path)] == ["ledger"]

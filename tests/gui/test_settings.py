@@ -78,3 +78,67 @@ def test_invalid_values_are_refused_before_saving():
     else:
         raise AssertionError("an unknown theme was saved")
     assert not settings_path().exists()
+
+
+def _cache_some_images(context, make_image_folder, tmp_path) -> int:
+    from core.data import Preprocessing, Sample, load_tensors
+
+    folder = make_image_folder(tmp_path / "imgs", per_class=3)
+    samples = [Sample(p, 0) for p in sorted(folder.rglob("*.png"))]
+    load_tensors(samples, Preprocessing(size=16), cache_dir=context.image_cache)
+    return len(samples)
+
+
+def test_the_home_folder_and_its_image_cache_size_and_clear_button(window, qtbot, tmp_path, make_image_folder,
+                                                                   monkeypatch):
+    from PySide6.QtWidgets import QLabel
+
+    from gui import dialogs
+
+    context = window.context
+    count = _cache_some_images(context, make_image_folder, tmp_path)
+    assert context.image_cache == context.home.root / "cache" / "images"
+    page = window.show_page("settings")
+    labels = [w.text() for w in page.findChildren(QLabel)]
+    assert "Hospital home folder" in labels and "Work folder" not in labels
+    card = page.image_cache
+    qtbot.waitUntil(lambda: card.size is not None and card.size[0] == count, timeout=10000)
+    assert f"{count} decoded image(s)" in card.summary.text() and card.clear_button.isEnabled()
+
+    asked = []
+    monkeypatch.setattr(dialogs, "confirm", lambda *a, **k: asked.append(a[2]) or False)
+    card.clear()
+    assert asked and "rebuilt" in asked[0] and "not touched" in asked[0]
+    assert len(list(context.image_cache.rglob("*.npy"))) == count  # "no" keeps everything
+
+    monkeypatch.setattr(dialogs, "confirm", lambda *a, **k: True)
+    card.clear()
+    qtbot.waitUntil(lambda: card.size == (0, 0), timeout=10000)
+    assert not list(context.image_cache.rglob("*.npy"))
+    assert "Empty" in card.summary.text() and not card.clear_button.isEnabled()
+
+
+def test_every_path_comes_from_the_hospital_home(window, tmp_path):
+    from core.home import HospitalHome
+
+    page = window.show_page("settings")
+    page.work_folder.set_path(tmp_path / "hospital-home", emit=True)
+    home = HospitalHome(tmp_path / "hospital-home")
+    context = window.context
+    assert context.home == home
+    assert (context.ledger_path, context.audit_log_path, context.identity_key_path, context.models_folder,
+            context.federations_folder, context.image_cache) == (
+        home.ledger, home.audit_log, home.identity_key, home.models, home.federations, home.image_cache)
+    assert page.locations.value("Audit log (signed)") == str(home.audit_log)
+    assert page.locations.value("Image cache (safe to delete)") == str(home.image_cache)
+
+
+def test_the_home_page_says_what_is_kept_on_disk(window):
+    page = window.show_page("home")
+    from gui.widgets.common import Banner
+
+    kept = page.kept_on_disk.text()
+    assert "decoded" in kept and "image cache" in kept and "ledger" in kept and "audit log" in kept
+    texts = " ".join(banner.text() for banner in page.findChildren(Banner))
+    assert "nothing is copied" not in texts and "No image is uploaded" in texts
+    assert str(window.context.home.root) in page.home_label.text()

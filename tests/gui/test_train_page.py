@@ -58,6 +58,14 @@ def test_a_tiny_dp_job_runs_to_completion(window, qtbot, image_folder):
     qtbot.waitUntil(lambda: privacy.snapshot is not None and privacy.snapshot.exists, timeout=20000)
     assert privacy.table.rowCount() == 2  # one charge per epoch
     assert privacy.snapshot.spent == pytest.approx(result.epsilon)
+    # The child process trained in the app's hospital home: its ledger, run log, image cache and key.
+    home = window.context.home
+    assert result.ledger_path == str(home.ledger)
+    assert Path(result.log_path).is_relative_to(home.runs)
+    assert list(home.image_cache.rglob("*.npy"))
+    from core.signing import public_key_bytes
+
+    assert package.signer_public_key == public_key_bytes(home.identity())
 
     models = window.show_page("models")
     qtbot.waitUntil(lambda: len(models.entries) == 1, timeout=20000)

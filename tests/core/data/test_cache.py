@@ -1,4 +1,5 @@
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,11 +92,40 @@ def test_same_content_is_decoded_once_per_run(tmp_path, samples, decode_calls):
     assert torch.equal(images[0], images[4]) and labels[4].item() == -1
 
 
-def test_default_cache_dir_is_under_the_user_cache(samples):
-    from core.paths import cache_dir
+def test_without_a_cache_dir_no_decoded_image_is_written_anywhere(samples, tmp_path):
+    """Decoded patient images stay out of the user's cache folder: only a caller's folder (the hospital
+    home) receives them."""
+    import os
 
-    load_tensors(samples[:1], Preprocessing(size=16))
-    assert len(list((cache_dir() / "images").rglob("*.npy"))) == 1
+    from core import paths
+
+    before = {p for p in tmp_path.rglob("*") if p.is_file()}
+    images, _ = load_tensors(samples[:2], Preprocessing(size=16))
+    assert images.shape == (2, 3, 16, 16)
+    user_folders = [paths.cache_dir(), paths.data_dir(), paths.config_dir(), Path(os.environ["DOPAMINE_HOME"])]
+    assert not any(list(folder.rglob("*.npy")) for folder in user_folders if folder.exists())
+    assert {p for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_cache_size_and_clear_touch_only_cache_entries(samples, tmp_path):
+    from core.home import HospitalHome
+    from core.home import clear_image_cache as clear_cache
+    from core.home import image_cache_usage as cache_size
+
+    folder = HospitalHome(tmp_path / "home").image_cache
+    assert cache_size(folder) == (0, 0)
+    load_tensors(samples, Preprocessing(size=16), cache_dir=folder)
+    entries, size = cache_size(folder)
+    assert entries == len(samples) and size > entries * 3 * 16 * 16
+    keep = folder / "README.txt"
+    keep.write_text("not a cache entry")
+    assert clear_cache(folder) == size
+    assert cache_size(folder) == (0, 0) and keep.exists()
+    assert [p.name for p in folder.iterdir()] == ["README.txt"]
+    # Rebuilt from the images on the next run.
+    again, _ = load_tensors(samples, Preprocessing(size=16), cache_dir=folder)
+    assert HospitalHome(tmp_path / "home").image_cache_usage()[0] == len(samples) and again.shape[0] == len(samples)
+    assert HospitalHome(tmp_path / "home").clear_image_cache() > 0
 
 
 def test_bad_image_names_the_file(tmp_path):

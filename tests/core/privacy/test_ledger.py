@@ -1,4 +1,4 @@
-"""The privacy ledger: cap before writing, idempotent keys, durability across crashes, export."""
+"""The privacy ledger: cap before writing, keys charged once, durability across crashes, export."""
 
 import csv
 import json
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from core.errors import LedgerError, PrivacyBudgetExceeded, PrivacyError
+from core.errors import LedgerError, PrivacyBudgetExceeded, PrivacyError, ReleaseRefused
 from core.privacy.accountant import compute_epsilon, compute_epsilon_history
 from core.privacy.ledger import PrivacyLedger
 
@@ -19,8 +19,8 @@ REPO = Path(__file__).resolve().parents[3]
 STEP = dict(noise_multiplier=1.0, sample_rate=0.01, steps=100)
 
 
-def charge(ledger, description="local training", key=None, **work):
-    return ledger.charge(**{**STEP, **work}, description=description, key=key)
+def charge(ledger, description="local training", key=None, limit=None, **work):
+    return ledger.charge(**{**STEP, **work}, description=description, key=key, limit=limit)
 
 
 def test_settings_are_stored_and_reopened(tmp_path):
@@ -87,14 +87,68 @@ def test_cap_can_be_changed_deliberately(tmp_path):
             ledger.set_cap(-1.0)
 
 
-def test_repeated_key_is_charged_once(tmp_path):
+def test_a_key_is_charged_and_run_once_and_asking_again_is_refused(tmp_path):
     with PrivacyLedger(tmp_path / "l.sqlite", max_epsilon=10.0, delta=1e-5) as ledger:
-        first = charge(ledger, key="fed:abc:round:7", steps=1)
-        again = charge(ledger, key="fed:abc:round:7", steps=1)
-        assert again == first
-        assert len(ledger.entries()) == 1
+        charge(ledger, key="fed:abc:round:7", steps=1)
+        spent = ledger.spent()
+        with pytest.raises(ReleaseRefused, match="already charged and run once") as info:
+            charge(ledger, key="fed:abc:round:7", steps=1)
+        assert "\n" not in str(info.value) and "fed:abc:round:7" in str(info.value)
+        assert len(ledger.entries()) == 1 and ledger.spent() == spent
         charge(ledger, key="fed:abc:round:8", steps=1)
         assert [e.key for e in ledger.entries()] == ["fed:abc:round:7", "fed:abc:round:8"]
+        assert ledger.has_charge("fed:abc:round:7") and not ledger.has_charge("fed:abc:round:9")
+        charge(ledger)  # unkeyed work is never confused with a keyed one
+        assert ledger.keys() == {"fed:abc:round:7", "fed:abc:round:8"}
+
+
+def test_a_run_limit_tightens_the_cap_and_never_loosens_it(tmp_path):
+    one = compute_epsilon(**STEP, delta=1e-5)
+    two = compute_epsilon(**{**STEP, "steps": 2 * STEP["steps"]}, delta=1e-5)
+    cap = (one + two) / 2  # room for one charge, not two
+    with PrivacyLedger(tmp_path / "l.sqlite", max_epsilon=cap, delta=1e-5) as ledger:
+        with pytest.raises(PrivacyBudgetExceeded, match="this run's limit"):
+            charge(ledger, limit=one * 0.9)
+        assert ledger.entries() == []
+        charge(ledger, limit=one * 1.1)
+        # A limit above the cap is no licence: the cap still refuses the second charge.
+        with pytest.raises(PrivacyBudgetExceeded, match="the cap"):
+            charge(ledger, limit=one * 100)
+        assert len(ledger.entries()) == 1 and ledger.max_epsilon == cap
+        with pytest.raises(PrivacyError, match="limit"):
+            charge(ledger, limit=-1.0)
+    with PrivacyLedger(tmp_path / "uncapped.sqlite", delta=1e-5) as ledger:
+        with pytest.raises(PrivacyBudgetExceeded):
+            charge(ledger, limit=one * 0.5)
+        assert ledger.entries() == [] and ledger.max_epsilon is None
+
+
+def test_change_cap_records_the_change_in_the_signed_audit_log(tmp_path):
+    from core.audit import read_audit_log, verify_audit_log
+    from core.home import HospitalHome
+    from core.privacy.ledger import change_cap
+    from core.signing import public_key_bytes
+
+    home = HospitalHome(tmp_path / "home")
+    first = change_cap(home, 5.0, delta=1e-5, source="test")
+    assert (first.old_cap, first.new_cap, first.old_delta, first.new_delta) == (None, 5.0, None, 1e-5)
+    with PrivacyLedger(home.ledger) as ledger:
+        charge(ledger)
+        spent = ledger.spent()
+    lowered = change_cap(home, spent / 2)
+    assert lowered.below_spent and "below the epsilon" in lowered.message()
+    with PrivacyLedger(home.ledger) as ledger:
+        assert ledger.max_epsilon == spent / 2 and ledger.delta == 1e-5
+        with pytest.raises(PrivacyBudgetExceeded):
+            charge(ledger, steps=1)
+    entries = read_audit_log(home.audit_log)
+    assert [e.kind for e in entries] == ["ledger", "ledger"]
+    assert "none -> 5" in entries[0].what and "delta unset -> 1e-05" in entries[0].what
+    assert f"5 -> {spent / 2:g}" in entries[1].what
+    assert verify_audit_log(home.audit_log, public_key_bytes(home.identity())).ok
+    with pytest.raises(PrivacyError):
+        change_cap(home, 0.0)
+    assert len(read_audit_log(home.audit_log)) == 2  # a refused change leaves no entry
 
 
 def test_charge_without_delta_is_refused(tmp_path):
@@ -238,3 +292,33 @@ def test_ledger_uses_wal_and_full_sync(tmp_path):
     with PrivacyLedger(tmp_path / "l.sqlite") as ledger:
         assert ledger._connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert ledger._connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+def test_ledger_command_show_export_and_set_cap(tmp_path, capsys):
+    from core.audit import read_audit_log
+    from core.cli import main
+
+    home = tmp_path / "home"
+    assert main(["ledger", "show", "--home", str(home)]) == 0
+    assert "No privacy ledger yet" in capsys.readouterr().out
+    assert not home.exists()  # looking creates nothing
+    assert main(["ledger", "export", "--home", str(home), "--json", str(tmp_path / "x.json")]) == 1
+    assert "No privacy ledger" in capsys.readouterr().err
+
+    assert main(["ledger", "set-cap", "4", "--delta", "1e-5", "--accountant", "prv", "--home", str(home)]) == 0
+    with PrivacyLedger(home / "privacy-ledger.sqlite") as ledger:
+        charge(ledger, description="a local run")
+    assert main(["ledger", "show", "--home", str(home)]) == 0
+    out = capsys.readouterr().out
+    assert "(cap 4) at delta = 1e-05, PRV accountant" in out and "a local run" in out
+    assert main(["ledger", "set-cap", "none", "--home", str(home)]) == 0
+    assert "No cap" in capsys.readouterr().out
+    assert main(["ledger", "set-cap", "none", "--home", str(home)]) == 0  # no change: nothing to record
+    assert "Nothing changed" in capsys.readouterr().out
+    assert main(["ledger", "export", "--home", str(home), "--json", str(tmp_path / "l.json")]) == 0
+    document = json.loads((tmp_path / "l.json").read_text())
+    assert document["max_epsilon"] is None and document["accountant"] == "prv" and len(document["charges"]) == 1
+    assert [e.what.split(" (")[0] for e in read_audit_log(home / "audit.jsonl")] == [
+        "privacy cap none -> 4; delta unset -> 1e-05; accountant rdp -> prv", "privacy cap 4 -> none"]
+    with pytest.raises(SystemExit):
+        main(["ledger", "set-cap", "-1", "--home", str(home)])

@@ -23,7 +23,7 @@ def tiny_data(tmp_path_factory) -> Path:
 def _config(data: Path, tmp_path: Path, **overrides) -> TrainConfig:
     values = dict(data=data, out=tmp_path / "model.dpm", mode="cdp", model="small_cnn", epochs=2,
                   batch_size=8, lr=0.05, noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-3,
-                  image_size=32, ledger=tmp_path / "ledger.sqlite", seed=1)
+                  image_size=32, home=tmp_path / "home", seed=1)
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -42,7 +42,7 @@ def test_cdp_run_charges_the_ledger_with_the_accountants_epsilon(tiny_data, tmp_
     assert result.steps == 2 * round(1 / result.sample_rate)
     assert [e.epoch for e in epochs_seen] == [1, 2]
     assert epochs_seen[-1].epsilon == pytest.approx(expected)
-    with PrivacyLedger(tmp_path / "ledger.sqlite") as ledger:
+    with PrivacyLedger(tmp_path / "home" / "privacy-ledger.sqlite") as ledger:
         assert len(ledger.entries()) == 2
         assert ledger.spent() == pytest.approx(expected, rel=1e-6)
     package = read_package(tmp_path / "model.dpm")
@@ -51,6 +51,14 @@ def test_cdp_run_charges_the_ledger_with_the_accountants_epsilon(tiny_data, tmp_
     assert package.card.epsilon == pytest.approx(expected)
     assert package.card.noise_multiplier == 1.0
     assert Path(result.log_path).read_text().count("epoch") >= 2
+    # Everything in the hospital home: run log, image cache, and the home's identity key signs the model.
+    home = tmp_path / "home"
+    assert Path(result.log_path).is_relative_to(home / "runs")
+    assert list((home / "cache" / "images").rglob("*.npy"))
+    from core.home import HospitalHome
+    from core.signing import public_key_bytes
+
+    assert package.signer_public_key == public_key_bytes(HospitalHome(home).identity())
 
 
 def test_run_that_would_pass_the_cap_is_refused_before_any_step(tiny_data, tmp_path):
@@ -63,7 +71,7 @@ def test_run_that_would_pass_the_cap_is_refused_before_any_step(tiny_data, tmp_p
             progress=lambda f, m: steps.append(m) if m.startswith("epoch") else None)
     assert steps == []
     assert not (tmp_path / "model.dpm").exists()
-    with PrivacyLedger(tmp_path / "ledger.sqlite") as ledger:
+    with PrivacyLedger(tmp_path / "home" / "privacy-ledger.sqlite") as ledger:
         assert ledger.entries() == []
 
 
@@ -104,14 +112,14 @@ def test_mode_c_trains_without_touching_the_ledger(tiny_data, tmp_path):
 
     result = run(_config(tiny_data, tmp_path, mode="c", noise_multiplier=None, epochs=1))
     assert result.epsilon is None and result.ledger_path is None
-    assert not (tmp_path / "ledger.sqlite").exists()
+    assert not (tmp_path / "home" / "privacy-ledger.sqlite").exists()
 
 
 def test_cli_train_json_and_evaluate(tiny_data, tmp_path, capsys):
     code = main(["train", str(tiny_data), "--mode", "cdp", "--model", "small_cnn", "--epochs", "1",
                  "--batch-size", "8", "--noise-multiplier", "1.1", "--max-grad-norm", "1.0",
                  "--delta", "1e-3", "--accountant", "prv", "--image-size", "32",
-                 "--out", str(tmp_path / "m.dpm"), "--ledger", str(tmp_path / "l.sqlite"),
+                 "--out", str(tmp_path / "m.dpm"), "--home", str(tmp_path / "home"),
                  "--max-epsilon", "50", "--json"])
     assert code == 0
     out = json.loads(capsys.readouterr().out)
