@@ -2,16 +2,18 @@
 charges the ledger between computing and sending.
 
 - FSCDP: one DP-SGD step of the union dataset. Poisson-sample the hospital's images at rate q,
-  sum the per-example gradients each clipped to C, add Gaussian noise of std sigma*C/sqrt(m).
-  At least m such sums are inside any released total, so its noise is at least N(0, sigma^2 C^2).
+  sum the per-example gradients each clipped to C, add Gaussian noise of std sigma*C/sqrt(m - t).
+  At least m such sums are inside any released total and a coalition knows at most t of their
+  noises, so the noise it does not know is at least N(0, sigma^2 C^2).
 - FPDP: local DP-SGD (train_local with DPSettings) for E epochs; the result is the model delta.
 - F: local SGD for E epochs; the model delta.
+
+Sampling, flips and noise come from a core.privacy.noise.DPRandom (AES-256-CTR keyed from
+os.urandom), never from a seeded torch or numpy generator (issue #10: those keep 32 bits).
 """
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,14 +22,10 @@ import torch
 from torch import nn
 
 from core.data.preprocess import Preprocessing, normalize
-from core.federation.plan import FederationPlan
+from core.federation.plan import FederationPlan, hospital_noise_std
 from core.federation.weights import ParameterLayout
 from core.jobs import NEVER_CANCELLED, CancelToken
-
-
-def secure_generator() -> torch.Generator:
-    """A torch generator seeded from the operating system's CSPRNG (sampling and noise)."""
-    return torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") & ((1 << 63) - 1))
+from core.privacy.noise import DPRandom
 
 
 @dataclass
@@ -40,8 +38,8 @@ class LocalResult:
 
 
 def noise_std(plan: FederationPlan) -> float:
-    """Each hospital's share of the FSCDP noise: sigma * C / sqrt(m)."""
-    return float(plan.noise_multiplier) * float(plan.max_grad_norm) / math.sqrt(plan.threshold)
+    """Each hospital's share of the FSCDP noise: sigma * C / sqrt(m - t) (the plan's rule)."""
+    return hospital_noise_std(plan)
 
 
 def fscdp_step(
@@ -52,16 +50,18 @@ def fscdp_step(
     spec: Preprocessing,
     plan: FederationPlan,
     *,
-    generator: torch.Generator | None = None,
+    rng: DPRandom | None = None,
 ) -> LocalResult:
+    """The hospital's noised clipped-gradient sum for one FSCDP round; sampling, flips and noise
+    all from ``rng`` (default: a fresh DPRandom; pass one only in tests)."""
     from core.privacy.dpsgd import add_gaussian_noise, clipped_gradient_sum, poisson_sample
 
-    generator = generator or secure_generator()
-    indices = poisson_sample(images.shape[0], float(plan.sample_rate), generator=generator)
+    rng = rng if rng is not None else DPRandom()
+    indices = poisson_sample(images.shape[0], float(plan.sample_rate), rng=rng)
     loss = float("nan")
     if len(indices) > 0:
         batch = images[indices]
-        flip = torch.rand(batch.shape[0], generator=generator) < 0.5  # fundus: left/right eyes mirror
+        flip = torch.from_numpy(rng.bernoulli(batch.shape[0], 0.5))  # fundus: left/right eyes mirror
         if bool(flip.any()):
             batch = batch.clone()
             batch[flip] = batch[flip].flip(-1)
@@ -75,7 +75,7 @@ def fscdp_step(
     else:
         # Nobody sampled: the sum is zero, but the noise must still be added (and charged).
         grads = {name: torch.zeros(shape) for name, shape in layout.shapes.items()}
-    noised = add_gaussian_noise(grads, noise_std(plan), generator=generator)
+    noised = add_gaussian_noise(grads, noise_std(plan), rng=rng)
     return LocalResult(vector=layout.flatten(noised), loss=loss, batch_size=int(len(indices)), steps=1,
                        sample_rate=float(plan.sample_rate))
 
@@ -91,7 +91,9 @@ def train_delta(
     on_step: Callable[[int, float], None] | None = None,
     cancel: CancelToken = NEVER_CANCELLED,
 ) -> LocalResult:
-    """F / FPDP: train a copy of the global model locally and return (trained - global)."""
+    """F / FPDP: train a copy of the global model locally and return (trained - global).
+
+    FPDP draws its batches, flips and noise from a fresh DPRandom (train_local's default)."""
     from core.training.loop import DPSettings, train_local
 
     before = layout.flatten(dict(model.named_parameters()))
@@ -100,7 +102,7 @@ def train_delta(
         dp = DPSettings(noise_multiplier=float(plan.noise_multiplier), max_grad_norm=float(plan.max_grad_norm))
     stats = train_local(
         model, images, labels, spec, epochs=int(plan.local_epochs), batch_size=int(plan.batch_size), lr=plan.lr,
-        momentum=plan.momentum, dp=dp, seed=int.from_bytes(os.urandom(4), "little"), on_step=on_step, cancel=cancel,
+        momentum=plan.momentum, dp=dp, on_step=on_step, cancel=cancel,
     )
     after = layout.flatten(dict(model.named_parameters()))
     return LocalResult(vector=after - before, loss=stats.mean_loss, batch_size=int(plan.batch_size),

@@ -6,79 +6,173 @@ another Opacus mode is asked for: it computes them in place of the batch gradien
 those of small-output convolutions implicit (ghost norms), which brought a DP step on a CPU
 close to a plain one (benchmarks/dp_step.py), where Opacus's hooks cost 1.3-2.9x.
 
-Randomness: Opacus's own secure mode needs torchcsprng, which has no build for this torch. We
-use instead a torch.Generator seeded with 64 bits from os.urandom (unless the caller passes one,
-as tests do): the seed is unpredictable, but the generator itself (Mersenne Twister) is not a
-cryptographic one. Noise is drawn Opacus's floating-point-attack-resistant way (the sum of four
-Gaussians, halved; Holohan et al. 2021), which Opacus enables with secure_mode.
+Randomness: every draw DP depends on (the Poisson batches, the Gaussian noise, in every
+grad-sample mode) comes from one core.privacy.noise.DPRandom: AES-256-CTR keyed with 32 bytes
+from os.urandom, turned into float64 Gaussians that are snapped before rounding to the gradient's
+dtype. Opacus's secure mode (torchcsprng, which has no build for this torch) is not used, and
+neither is any torch.Generator: a seeded Mersenne Twister keeps 32 bits of its seed, and a
+coordinator could search them (issue #10).
+
+Which models are accepted: check_per_example_safe (an allow-list of layers that keep examples
+independent), for make_private in every mode and for clipped_gradient_sum.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import warnings
 
 import torch
 import torch.nn.functional as F
 from opacus import PrivacyEngine
+from opacus.data_loader import DPDataLoader, dtype_safe, shape_safe, wrap_collate_with_empty
 from opacus.grad_sample import GradSampleModule
 from opacus.grad_sample.gsm_base import AbstractGradSampleModule
 from opacus.grad_sample.utils import get_gsm_class
+from opacus.optimizers import DPOptimizer
+from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from opacus.validators import ModuleValidator
 from opacus.validators.errors import IllegalModuleConfigurationError, UnsupportedModuleError
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data._utils.collate import default_collate
 
 from core.errors import PrivacyError
-from core.privacy.per_sample import GRAD_SAMPLE_MODE, FusedDPOptimizer, FusedGradSampleModule, clip_and_sum
+from core.privacy.noise import DPRandom
+from core.privacy.per_sample import (
+    GRAD_SAMPLE_MODE,
+    FusedDPOptimizer,
+    FusedGradSampleModule,
+    check_per_example_safe,
+    clip_and_sum,
+)
 
 GRAD_SAMPLE_MODES = (GRAD_SAMPLE_MODE, "hooks", "ew", "functorch")
 DEFAULT_GRAD_SAMPLE_MODE = GRAD_SAMPLE_MODE
 
 
-def secure_generator(device: str | torch.device = "cpu") -> torch.Generator:
-    """A torch.Generator seeded from os.urandom (see the module docstring for what that buys)."""
-    generator = torch.Generator(device=device)
-    generator.manual_seed(int.from_bytes(os.urandom(8), "little"))
-    return generator
+class PoissonBatchSampler(UniformWithReplacementSampler):
+    """Opacus's Poisson batch sampler (each example in each batch with probability
+    ``sample_rate``, ``steps`` batches per pass) drawing from a DPRandom instead of a torch generator."""
+
+    def __init__(self, *, num_samples: int, sample_rate: float, rng: DPRandom, steps: int | None = None) -> None:
+        super().__init__(num_samples=num_samples, sample_rate=sample_rate, generator=None, steps=steps)
+        self.rng = rng
+
+    def __iter__(self):
+        for _ in range(self.steps):
+            yield self.rng.poisson_sample(self.num_samples, self.sample_rate).tolist()
 
 
-class _UrandomPrivacyEngine(PrivacyEngine):
-    """PrivacyEngine whose secure-mode randomness is a urandom-seeded torch.Generator.
+class PoissonDataLoader(DPDataLoader):
+    """Opacus's DPDataLoader (empty batches collated to zero-length tensors of the right shapes)
+    whose batches come from a PoissonBatchSampler."""
 
-    Setting ``secure_mode`` after construction (which would demand torchcsprng) makes Opacus
-    draw Poisson batches and noise from ``secure_rng`` and use its robust noise sampler. It
-    also builds the "fused" grad-sample module, which Opacus does not know by name.
-    """
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        sample_rate: float,
+        rng: DPRandom,
+        steps: int | None = None,
+        collate_fn=None,
+        batch_first: bool = True,
+        **kwargs,
+    ) -> None:
+        self.sample_rate = sample_rate
+        self.distributed = False
+        kwargs.pop("drop_last", None)  # every Poisson batch is a step, however small
+        kwargs.pop("generator", None)
+        first = dataset[0]
+        DataLoader.__init__(
+            self,
+            dataset=dataset,
+            batch_sampler=PoissonBatchSampler(
+                num_samples=len(dataset), sample_rate=sample_rate, rng=rng, steps=steps
+            ),
+            collate_fn=wrap_collate_with_empty(
+                collate_fn=collate_fn or default_collate,
+                batch_first=batch_first,
+                sample_empty_shapes=[(0, *shape_safe(x)) for x in first],
+                dtypes=[dtype_safe(x) for x in first],
+            ),
+            **kwargs,
+        )
 
-    def __init__(self, generator: torch.Generator) -> None:
+    @classmethod
+    def from_loader(cls, data_loader: DataLoader, *, rng: DPRandom, batch_first: bool = True) -> PoissonDataLoader:
+        """A Poisson loader over ``data_loader``'s dataset at rate 1 / len(data_loader), one pass
+        being len(data_loader) batches, with its workers and collate function."""
+        if isinstance(data_loader.dataset, IterableDataset):
+            raise PrivacyError("DP-SGD needs a dataset with a known size to sample from, not a stream.")
+        steps = len(data_loader)
+        return cls(
+            data_loader.dataset,
+            sample_rate=1 / steps,
+            rng=rng,
+            steps=steps,
+            collate_fn=data_loader.collate_fn,
+            batch_first=batch_first,
+            num_workers=data_loader.num_workers,
+            pin_memory=data_loader.pin_memory,
+            timeout=data_loader.timeout,
+            worker_init_fn=data_loader.worker_init_fn,
+            multiprocessing_context=data_loader.multiprocessing_context,
+            prefetch_factor=data_loader.prefetch_factor,
+            persistent_workers=data_loader.persistent_workers,
+        )
+
+
+class DPRandomOptimizer(DPOptimizer):
+    """Opacus's DPOptimizer (flat clipping, one machine) whose noise comes from a DPRandom:
+    the optimizer of the "hooks", "ew" and "functorch" modes."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, rng: DPRandom | None = None, **kwargs) -> None:
+        kwargs.pop("generator", None)
+        kwargs.pop("secure_mode", None)
+        super().__init__(optimizer, generator=None, secure_mode=False, **kwargs)
+        self.rng = rng if rng is not None else DPRandom()
+
+    def add_noise(self) -> None:
+        std = self.noise_multiplier * self.max_grad_norm
+        for p in self.params:
+            _check_processed_flag(p.summed_grad)
+            noised = p.summed_grad.clone(memory_format=torch.contiguous_format)
+            p.grad = self.rng.add_normal_(noised, std).view_as(p)
+            _mark_as_processed(p.summed_grad)
+
+
+class _DPRandomPrivacyEngine(PrivacyEngine):
+    """PrivacyEngine whose batches and noise come from one DPRandom, which checks models against
+    the allow-list, and which builds the "fused" grad-sample module (Opacus does not know it)."""
+
+    def __init__(self, rng: DPRandom) -> None:
         with warnings.catch_warnings():
-            # The "secure RNG turned off" warning does not apply: secure_mode is set just below.
+            # "Secure RNG turned off" does not apply: no Opacus randomness is used at all.
             warnings.simplefilter("ignore")
             super().__init__(accountant="rdp", secure_mode=False)
-        self.secure_mode = True
-        self.secure_rng = generator
+        self.rng = rng
+
+    def validate(self, *, module: nn.Module, optimizer, data_loader) -> None:
+        check_per_example_safe(module)
+        super().validate(module=module, optimizer=optimizer, data_loader=data_loader)
 
     def _prepare_data_loader(self, data_loader: DataLoader, *, poisson_sampling: bool, **kwargs) -> DataLoader:
         # Without Poisson sampling the guarantee is only approximate anyway; the loader's own
-        # order (whose sampler may have no generator to replace) is kept.
+        # order is kept (its shuffling is not what the accountant analyses).
         if not poisson_sampling:
             return data_loader
-        return super()._prepare_data_loader(data_loader, poisson_sampling=True, **kwargs)
+        if kwargs.get("distributed", False):
+            raise PrivacyError("DP-SGD here runs on one machine; distributed training is not supported.")
+        return PoissonDataLoader.from_loader(data_loader, rng=self.rng, batch_first=kwargs.get("batch_first", True))
 
     def _prepare_optimizer(self, *, optimizer, grad_sample_mode: str = "hooks", **kwargs):
-        if grad_sample_mode != GRAD_SAMPLE_MODE:
-            return super()._prepare_optimizer(optimizer=optimizer, grad_sample_mode=grad_sample_mode, **kwargs)
         if kwargs.pop("distributed", False) or kwargs.pop("clipping", "flat") != "flat":
-            raise PrivacyError("The fused per-example gradient mode supports flat clipping on one machine only.")
-        kwargs.pop("noise_generator", None)  # secure_rng is used, as Opacus does in secure mode
-        return FusedDPOptimizer(
-            optimizer=getattr(optimizer, "original_optimizer", optimizer),
-            generator=self.secure_rng,
-            secure_mode=self.secure_mode,
-            **kwargs,
-        )
+            raise PrivacyError("DP-SGD here supports flat clipping on one machine only.")
+        kwargs.pop("noise_generator", None)
+        optimizer_class = FusedDPOptimizer if grad_sample_mode == GRAD_SAMPLE_MODE else DPRandomOptimizer
+        return optimizer_class(optimizer=getattr(optimizer, "original_optimizer", optimizer), rng=self.rng, **kwargs)
 
     def _prepare_model(self, module: nn.Module, *, grad_sample_mode: str = "hooks", **kwargs):
         if grad_sample_mode != GRAD_SAMPLE_MODE:
@@ -104,25 +198,27 @@ def make_private(
     max_grad_norm: float,
     poisson_sampling: bool = True,
     grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE,
-    generator: torch.Generator | None = None,
-) -> tuple[nn.Module, torch.optim.Optimizer, DataLoader]:
+    rng: DPRandom | None = None,
+) -> tuple[nn.Module, DPOptimizer, DataLoader]:
     """Wrap model, optimizer and data loader for DP-SGD with Opacus.
 
     The returned optimizer clips each example's gradient to ``max_grad_norm``, adds
     N(0, (noise_multiplier * max_grad_norm)^2) to the sum and divides by the expected batch
-    size; the loader draws Poisson batches (sample rate 1 / len(data_loader)). The model must be
-    in training mode and the loss a mean over the batch. With the default "fused" mode the
-    returned model is a FusedGradSampleModule and the optimizer a FusedDPOptimizer (an Opacus
-    DPOptimizer, usable with Opacus's BatchMemoryManager). Privacy accounting is the caller's
-    job (core.privacy.ledger).
+    size; the loader draws Poisson batches (sample rate 1 / len(data_loader), len(data_loader)
+    batches a pass, empty ones included: take a step on those too, with noise_only_step).
+    Batches and noise come from ``rng`` (default: a fresh DPRandom; pass one to share it with
+    other draws of the same run, such as augmentation). The model must pass
+    check_per_example_safe, be in training mode, and the loss be a mean over the batch. With the
+    default "fused" mode the returned model is a FusedGradSampleModule and the optimizer a
+    FusedDPOptimizer (an Opacus DPOptimizer, usable with Opacus's BatchMemoryManager). Privacy
+    accounting is the caller's job (core.privacy.ledger).
     """
     _check_noise(noise_multiplier, max_grad_norm)
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise PrivacyError(f"Unknown grad_sample_mode {grad_sample_mode!r}; choose one of {GRAD_SAMPLE_MODES}.")
-    if generator is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        generator = secure_generator(device)
-    engine = _UrandomPrivacyEngine(generator)
+    if rng is not None and not isinstance(rng, DPRandom):
+        raise PrivacyError("make_private draws its randomness from a DPRandom; this is a software error.")
+    engine = _DPRandomPrivacyEngine(rng if rng is not None else DPRandom())
     try:
         return engine.make_private(
             module=model,
@@ -135,6 +231,20 @@ def make_private(
         )
     except UnsupportedModuleError as exc:
         raise PrivacyError(f"This model cannot be trained with DP-SGD: {_first_line(exc)}") from exc
+
+
+def noise_only_step(optimizer: DPOptimizer) -> None:
+    """The step of an empty Poisson batch: the clipped sum is zero, and the noise and the division
+    by the expected batch size are those of any step.
+
+    The accountant's analysis (the subsampled Gaussian) has every step release a noised sum;
+    skipping one releases the model unchanged, an output the analysis does not cover.
+    """
+    if not isinstance(optimizer, DPOptimizer):
+        raise PrivacyError("noise_only_step needs the optimizer returned by make_private; this is a software error.")
+    for p in optimizer.params:
+        p.grad_sample = p.new_zeros((0, *p.shape))
+    optimizer.step()
 
 
 def clipped_gradient_sum(
@@ -162,12 +272,12 @@ def clipped_gradient_sum(
         raise PrivacyError(f"{len(x)} images but {len(y)} labels.")
     if isinstance(model, AbstractGradSampleModule):
         model = model._module
+    _validate(model)
     loss_fn = loss_fn or (lambda logits, target: F.cross_entropy(logits, target, reduction="none"))
     params = {name: p for name, p in model.named_parameters() if p.requires_grad}
     total = {name: torch.zeros_like(p, memory_format=torch.contiguous_format) for name, p in params.items()}
     if len(x) == 0:
         return total
-    _validate(model)
     saved_grads = {name: p.grad for name, p in params.items()}
     wrapped = _wrap(model, grad_sample_mode)
     try:
@@ -187,44 +297,46 @@ def clipped_gradient_sum(
 
 
 def add_gaussian_noise(
-    grads: dict[str, torch.Tensor], std: float, *, generator: torch.Generator | None = None
+    grads: dict[str, torch.Tensor], std: float, *, rng: DPRandom | None = None
 ) -> dict[str, torch.Tensor]:
-    """``grads`` plus independent N(0, std^2) noise on every coordinate (new tensors).
+    """``grads`` plus independent N(0, std^2) noise on every coordinate (new tensors; the inputs
+    are left as they were).
 
-    For a Dopamine round with clipping bound C, noise multiplier sigma and secure-aggregation
-    threshold m, std = sigma * C / sqrt(m) (DESIGN §2). ``generator`` defaults to a fresh
-    urandom-seeded one; pass one only in tests.
+    For a Dopamine round the plan fixes std (core.federation.local_work.noise_std). The noise
+    is drawn from ``rng`` (default: a fresh DPRandom) in float64 and snapped before rounding
+    to each tensor's dtype (core.privacy.noise).
     """
-    if not (isinstance(std, int | float) and math.isfinite(std) and std >= 0):
+    if isinstance(std, bool) or not (isinstance(std, int | float) and math.isfinite(std) and std >= 0):
         raise PrivacyError(f"The noise standard deviation must be a number >= 0 (got {std!r}).")
-    generator = generator if generator is not None else secure_generator()
-    noised = {}
-    for name, value in grads.items():
-        noise = torch.zeros_like(value)
-        if std > 0:
-            # Four draws summed and halved: the same N(0, std^2), without the low-order-bit
-            # pattern of a single float Gaussian that can reveal the unnoised value.
-            for _ in range(4):
-                noise += torch.normal(0.0, std, size=value.shape, generator=generator, dtype=value.dtype)
-            noise /= 2
-        noised[name] = value + noise
-    return noised
+    rng = rng if rng is not None else DPRandom()
+    values = list(grads.values())
+    if values and len({(v.dtype, v.device) for v in values}) == 1:
+        # One draw for all tensors (many small ones cost more than the noise itself).
+        flat = torch.cat([v.detach().reshape(-1) for v in values])
+        rng.add_normal_(flat, std)
+        return {
+            name: chunk.view(value.shape)
+            for (name, value), chunk in zip(grads.items(), flat.split([v.numel() for v in values]), strict=True)
+        }
+    return {
+        name: rng.add_normal_(value.detach().clone(memory_format=torch.contiguous_format), std)
+        for name, value in grads.items()
+    }
 
 
-def poisson_sample(n: int, sample_rate: float, *, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Indices (int64, ascending) of a Poisson sample of ``range(n)``: each kept with probability ``sample_rate``."""
+def poisson_sample(n: int, rate: float, *, rng: DPRandom | None = None) -> torch.Tensor:
+    """Indices (int64, ascending) of a Poisson sample of ``range(n)``: each kept with probability ``rate``."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
         raise PrivacyError(f"The number of examples must be a whole number >= 0 (got {n!r}).")
-    if not (isinstance(sample_rate, int | float) and 0 <= sample_rate <= 1):
-        raise PrivacyError(f"The sample rate must be between 0 and 1 (got {sample_rate!r}).")
-    generator = generator if generator is not None else secure_generator()
-    keep = torch.rand(n, generator=generator, dtype=torch.float64) < sample_rate
-    return keep.nonzero().flatten().to(torch.int64)
+    if isinstance(rate, bool) or not (isinstance(rate, int | float) and 0 <= rate <= 1):
+        raise PrivacyError(f"The sample rate must be between 0 and 1 (got {rate!r}).")
+    return (rng if rng is not None else DPRandom()).poisson_sample(n, float(rate))
 
 
 def _validate(model: nn.Module) -> None:
-    """Opacus's checks (no BatchNorm and the like), except that the model may be in eval mode:
-    a single clipped-gradient computation does not need dropout."""
+    """The allow-list, then Opacus's own checks except that the model may be in eval mode: a
+    single clipped-gradient computation does not need dropout."""
+    check_per_example_safe(model)
     problems = [
         error
         for error in ModuleValidator.validate(model, strict=False)

@@ -35,6 +35,10 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from core.errors import PrivacyError
+from core.models.resnet import BasicBlock, ResNet18GN
+from core.models.small_cnn import SmallCNN
+from core.models.squeezenet import Fire, SqueezeNet11
+from core.privacy.noise import DPRandom
 
 GRAD_SAMPLE_MODE = "fused"
 
@@ -53,6 +57,8 @@ GRAD_SAMPLE_MODE = "fused"
 _UNFOLD_MAX_OUTPUT_PIXELS = 64
 # Parameter attribute: which forward pass (of the wrapper) its grad_sample was last written in.
 _GENERATION = "_fused_generation"
+# Marks the per-instance forward that FusedGradSampleModule installs (check_per_example_safe accepts it).
+_FUSED_FORWARD = "_fused_per_sample_forward"
 
 
 def _store(param: torch.Tensor, grad_sample: torch.Tensor | GhostGradSample, ctx) -> None:
@@ -181,7 +187,8 @@ def clip_and_sum(
     squared = None
     for param_entries in entries:
         per_param = torch.cat([
-            e.sq_norms if isinstance(e, GhostGradSample) else torch.linalg.vector_norm(e.reshape(len(e), -1), dim=1) ** 2
+            # flatten(1), not reshape(len, -1): an empty Poisson batch has no rows to infer -1 from
+            e.sq_norms if isinstance(e, GhostGradSample) else torch.linalg.vector_norm(e.flatten(1), dim=1) ** 2
             for e in param_entries
         ])
         squared = per_param if squared is None else squared + per_param
@@ -197,7 +204,7 @@ def clip_and_sum(
                 total += entry.weighted_sum(chunk).view_as(total)
             else:
                 # total += sum_n chunk[n] * entry[n], without a temporary of the parameter's size
-                total.view(-1).addmv_(entry.reshape(len(entry), -1).t(), chunk.to(entry.dtype))
+                total.view(-1).addmv_(entry.flatten(1).t(), chunk.to(entry.dtype))
     return out
 
 
@@ -333,6 +340,108 @@ def unsupported_layers(model: nn.Module) -> list[str]:
     return names
 
 
+# Layers whose output for one example depends on that example alone, in training and in
+# evaluation mode. By exact type: a subclass may override forward and mix the batch.
+_INDEPENDENT_LAYERS: frozenset[type[nn.Module]] = frozenset({
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear,
+    nn.GroupNorm, nn.LayerNorm,
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
+    nn.Tanh, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softplus, nn.Softsign, nn.LogSigmoid,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LPPool1d, nn.LPPool2d,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
+    nn.Identity, nn.Sequential, nn.ModuleList, nn.ModuleDict,
+    # The registry's architectures and their blocks: their forward code is reviewed to act on
+    # each example alone (per-image standardisation and LayerNorm, no batch statistics).
+    SmallCNN, SqueezeNet11, Fire, ResNet18GN, BasicBlock,
+})
+# Layers that act on one dimension: independent unless that dimension is the batch's (0, or
+# None, which Softmax resolves to 0 for 1-D and 3-D inputs).
+_DIMENSION_LAYERS: dict[type[nn.Module], str] = {
+    nn.Softmax: "dim", nn.LogSoftmax: "dim", nn.Softmin: "dim", nn.Flatten: "start_dim", nn.Unflatten: "dim",
+}
+_INSTANCE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+# Classes added with declare_per_example_safe.
+_DECLARED_LAYERS: set[type[nn.Module]] = set()
+
+
+def _mixing_reason(module: nn.Module) -> str | None:
+    """Why ``module`` may let one example change another's output (None when it cannot)."""
+    kind = type(module)
+    if isinstance(module, nn.modules.batchnorm._NormBase):  # BatchNorm*, SyncBatchNorm, InstanceNorm*...
+        if kind in _INSTANCE_NORMS and not module.track_running_stats:
+            return None  # each example normalised by its own statistics, in both modes
+        # Batch statistics in training mode; in evaluation mode, running statistics pooled over
+        # examples without noise (and kept in the model's state).
+        return "normalises with statistics pooled over examples; use GroupNorm"
+    if kind in _DIMENSION_LAYERS:
+        dim = getattr(module, _DIMENSION_LAYERS[kind])
+        if isinstance(dim, int) and dim >= 1:
+            return None
+        return f"acts across dimension {dim} (the batch's, or undetermined); give it a dimension >= 1"
+    if kind not in _INDEPENDENT_LAYERS and kind not in _DECLARED_LAYERS:
+        return "is not a layer known to keep examples independent; build the model from the registry's layers"
+    return None
+
+
+def declare_per_example_safe(layer: type[nn.Module]) -> type[nn.Module]:
+    """Add a module class whose own forward code was reviewed to act on each example alone (no
+    statistic, sort or sum across the batch) to the allow-list; usable as a class decorator.
+
+    Its submodules are still checked one by one. Only the class itself is declared, not its
+    subclasses (which may override forward).
+    """
+    if not (isinstance(layer, type) and issubclass(layer, nn.Module)):
+        raise PrivacyError("Only nn.Module classes can be declared per-example safe; this is a software error.")
+    _DECLARED_LAYERS.add(layer)
+    return layer
+
+
+def check_per_example_safe(model: nn.Module) -> None:
+    """PrivacyError unless every module of ``model`` is known to keep examples independent.
+
+    DP-SGD's sensitivity bound assumes that each example's gradient depends on that example
+    alone; a layer that mixes the batch (BatchNorm, trainable or not, in training or evaluation
+    mode) lets one added record move every other example's clipped gradient (issue #10: by 2.04
+    with C = 1). So this is an allow-list: known layers, torch containers and the registry's
+    models, by exact type; anything else, and any module whose forward was replaced on the
+    instance or that carries hooks (Opacus's own excepted), is refused, named by its path in the
+    model and its type.
+    """
+    if isinstance(model, AbstractGradSampleModule):
+        model = model._module
+    from torch.nn.modules import module as torch_module
+
+    global_hooks = (torch_module._global_forward_pre_hooks, torch_module._global_forward_hooks,
+                    torch_module._global_backward_pre_hooks, torch_module._global_backward_hooks)
+    if any(global_hooks):
+        raise PrivacyError(
+            "This model cannot be trained with DP-SGD: a global module hook is registered, which may change "
+            "what every layer computes; remove it."
+        )
+    for name, module in model.named_modules():
+        reason = _mixing_reason(module) or _override_reason(module)
+        if reason is not None:
+            raise PrivacyError(
+                f"This model cannot be trained with DP-SGD: {name or 'model'} ({type(module).__name__}) {reason}."
+            )
+
+
+def _override_reason(module: nn.Module) -> str | None:
+    forward = module.__dict__.get("forward")
+    if forward is not None and not getattr(getattr(forward, "__func__", None), _FUSED_FORWARD, False):
+        return "has its forward replaced on the instance; use the layer as it is"
+    hooks = [*module._forward_pre_hooks.values(), *module._forward_hooks.values(),
+             *module._backward_pre_hooks.values(), *module._backward_hooks.values()]
+    # Opacus's hooks mode registers its own (methods of the GradSampleModule, some in a partial):
+    # they only record.
+    if any(not isinstance(getattr(getattr(hook, "func", hook), "__self__", None), AbstractGradSampleModule)
+           for hook in hooks):
+        return "has hooks, which may change what it computes or its gradients; remove them"
+    return None
+
+
 class FusedGradSampleModule(AbstractGradSampleModule):
     """Wraps a model so that ``loss.backward()`` leaves per-example gradients in ``p.grad_sample``.
 
@@ -351,6 +460,7 @@ class FusedGradSampleModule(AbstractGradSampleModule):
             raise PrivacyError("The fused per-example gradient mode needs batch-first inputs.")
         if loss_reduction not in ("mean", "sum"):
             raise PrivacyError(f"loss_reduction must be 'mean' or 'sum', not {loss_reduction!r}.")
+        check_per_example_safe(m)
         unsupported = unsupported_layers(m)
         if unsupported:
             raise PrivacyError(
@@ -406,23 +516,27 @@ def _make_forward(owner: FusedGradSampleModule, function: type[torch.autograd.Fu
         scale = float(x.shape[0]) if owner.loss_reduction == "mean" else 1.0
         return function.apply(x, weight, bias, module, scale, owner._generation, owner.ghost)
 
+    setattr(forward, _FUSED_FORWARD, True)
     return forward
 
 
 class FusedDPOptimizer(DPOptimizer):
     """Opacus's DPOptimizer (skipped steps, accounting hook, the optimizer step) whose clipping
-    also takes GhostGradSample entries (clip_and_sum).
+    also takes GhostGradSample entries (clip_and_sum), and whose noise comes from a DPRandom.
 
     The clipped sums of all parameters live in one flat buffer, so that the noise for all of
-    them is drawn in one call (instead of several tiny ones per parameter) and added in place.
-    The noise is Opacus's: N(0, (sigma C)^2) per coordinate, in secure mode as the sum of four
-    draws halved (robust to floating-point attacks on the Gaussian sampler).
+    them is drawn in one call and added in place: N(0, (sigma C)^2) per coordinate, drawn in
+    float64 and snapped (core.privacy.noise). ``rng`` defaults to a fresh DPRandom.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, rng: DPRandom | None = None, **kwargs) -> None:
+        # Opacus's own generator and secure mode are not used: all randomness is the DPRandom's.
+        kwargs.pop("generator", None)
+        kwargs.pop("secure_mode", None)
+        super().__init__(*args, generator=None, secure_mode=False, **kwargs)
         if len({(p.dtype, p.device) for p in self.params}) > 1:
             raise PrivacyError("The fused DP optimizer needs all parameters of one type on one device.")
+        self.rng = rng if rng is not None else DPRandom()
         self._flat_summed: torch.Tensor | None = None
 
     @property
@@ -460,14 +574,7 @@ class FusedDPOptimizer(DPOptimizer):
         if self._flat_summed is None or getattr(self._flat_summed, "_processed", False):
             raise ValueError("Gradients haven't been cleared since the last optimizer step; call optimizer.zero_grad().")
         flat = self._flat_summed
-        std = self.noise_multiplier * self.max_grad_norm
-        if std > 0:
-            draw = torch.empty_like(flat)
-            if self.secure_mode:
-                for _ in range(4):
-                    flat.add_(draw.normal_(0.0, std, generator=self.generator), alpha=0.5)
-            else:
-                flat.add_(draw.normal_(0.0, std, generator=self.generator))
+        self.rng.add_normal_(flat, self.noise_multiplier * self.max_grad_norm)
         flat._processed = True
         for p in self.params:
             p.grad = p.summed_grad  # a view of the noised buffer

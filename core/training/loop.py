@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from core.data.preprocess import Preprocessing, normalize
 from core.jobs import NEVER_CANCELLED, CancelToken
+from core.privacy.noise import DPRandom
 from core.training.metrics import compute_metrics
 
 OPTIMIZERS = ("sgd", "adam")
@@ -53,9 +54,16 @@ def _learning_rate(base_lr: float, schedule: str, step: int, total_steps: int) -
     return base_lr
 
 
-def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal flips: fundus photographs of left and right eyes are mirror images."""
-    flip = torch.rand(images.shape[0], generator=generator) < 0.5
+def _augment(images: torch.Tensor, flips: torch.Generator | DPRandom) -> torch.Tensor:
+    """Random horizontal flips: fundus photographs of left and right eyes are mirror images.
+
+    With DP the flips come from the run's DPRandom: they are drawn per sampled example, and a
+    seeded generator's stream would be searchable like the noise's.
+    """
+    if isinstance(flips, DPRandom):
+        flip = torch.from_numpy(flips.bernoulli(images.shape[0], 0.5))
+    else:
+        flip = torch.rand(images.shape[0], generator=flips) < 0.5
     if flip.any():
         images = images.clone()
         images[flip] = images[flip].flip(-1)
@@ -76,6 +84,7 @@ def train_local(
     optimizer: str = "sgd",
     dp: DPSettings | None = None,
     seed: int | None = None,
+    rng: DPRandom | None = None,
     on_step: Callable[[int, float], None] | None = None,
     before_epoch: Callable[[int], None] | None = None,
     after_epoch: Callable[[int, float], None] | None = None,
@@ -84,6 +93,9 @@ def train_local(
 ) -> LocalTrainStats:
     """Train ``model`` in place for ``epochs`` epochs; with ``dp``, DP-SGD through Opacus.
 
+    With ``dp``, Poisson batches, flips and noise all come from ``rng`` (default: a fresh
+    DPRandom) and ``seed`` plays no part; an empty Poisson batch still takes its (noise-only)
+    step. Without ``dp``, ``seed`` (default: random) fixes the shuffling and the flips.
     ``before_epoch(epoch)`` runs before an epoch's first step (the place to charge a privacy ledger),
     ``after_epoch(epoch, mean_loss)`` after its last (the place to evaluate; the model is put back in
     training mode afterwards), ``on_step(step, loss)`` after every optimizer step. ``cancel`` is checked
@@ -95,27 +107,35 @@ def train_local(
         raise ValueError(f"unknown learning-rate schedule {lr_schedule!r}")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}")
-    seed = seed if seed is not None else int.from_bytes(os.urandom(4), "little")
-    generator = torch.Generator().manual_seed(seed)
+    flips: torch.Generator | DPRandom
+    if dp is not None:
+        flips = rng if rng is not None else DPRandom()
+    else:
+        # Mode C: reproducible with a seed; nothing here is a privacy mechanism.
+        flips = torch.Generator().manual_seed(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
     model.to(device).train()
     if optimizer == "adam":
         # Adam on DP-SGD's noised gradients is post-processing: the privacy cost is the same.
         optim = torch.optim.Adam(model.parameters(), lr=lr, betas=(momentum, 0.999))
     else:
         optim = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    # With dp this loader only fixes the dataset and the batches per pass: make_private replaces
+    # its sampling with Poisson sampling from the DPRandom.
     loader = DataLoader(
-        TensorDataset(images, labels), batch_size=batch_size, shuffle=True, generator=generator
+        TensorDataset(images, labels), batch_size=batch_size, shuffle=dp is None,
+        generator=flips if dp is None else None,
     )
     per_epoch = len(loader)
     total_steps = per_epoch * epochs
     sample_rate = 1.0 / per_epoch
     wrapped = None
     if dp is not None:
-        from core.privacy.dpsgd import make_private
+        from core.privacy.dpsgd import make_private, noise_only_step
 
         wrapped, optim, loader = make_private(
             model, optim, loader,
             noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm, poisson_sampling=True,
+            rng=flips,
         )
     forward = wrapped if wrapped is not None else model
     criterion = nn.CrossEntropyLoss()
@@ -131,13 +151,16 @@ def train_local(
                 for group in optim.param_groups:
                     group["lr"] = _learning_rate(lr, lr_schedule, step, total_steps)
                 step += 1
-                if batch_images.shape[0] == 0:
-                    # Poisson sampling drew nobody (probability (1-q)^N). The accountant has counted the
-                    # step already, so skipping it can only over-count privacy, never under-count.
-                    continue
-                x = normalize(_augment(batch_images, generator), spec).to(device)
-                y = batch_labels.to(device)
                 optim.zero_grad(set_to_none=True)
+                if batch_images.shape[0] == 0:
+                    # Poisson sampling drew nobody (probability (1-q)^N): the step still happens, with
+                    # the noise alone, as the accountant's analysis assumes.
+                    noise_only_step(optim)
+                    if on_step is not None:
+                        on_step(step, float("nan"))
+                    continue
+                x = normalize(_augment(batch_images, flips), spec).to(device)
+                y = batch_labels.to(device)
                 loss = criterion(forward(x), y)
                 loss.backward()
                 optim.step()

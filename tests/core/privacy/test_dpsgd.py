@@ -5,7 +5,6 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from opacus.data_loader import DPDataLoader
 from scipy import stats
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -14,11 +13,14 @@ from core.errors import PrivacyError
 from core.models import build_model
 from core.privacy.dpsgd import (
     GRAD_SAMPLE_MODES,
+    PoissonDataLoader,
     add_gaussian_noise,
     clipped_gradient_sum,
     make_private,
+    noise_only_step,
     poisson_sample,
 )
+from core.privacy.noise import DPRandom
 
 
 def data(n=16, size=32, seed=0):
@@ -51,12 +53,12 @@ def median_norm(model, x, y):
     return float(torch.stack(norms).median())
 
 
-def private_step(model, x, y, *, noise, bound, mode="fused", generator=None, lr=0.5, batch=8):
+def private_step(model, x, y, *, noise, bound, mode="fused", rng=None, lr=0.5, batch=8):
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=False)
     wrapped, dp_optimizer, loader = make_private(
         model, optimizer, loader, noise_multiplier=noise, max_grad_norm=bound,
-        poisson_sampling=False, grad_sample_mode=mode, generator=generator,
+        poisson_sampling=False, grad_sample_mode=mode, rng=rng,
     )
     xb, yb = next(iter(loader))
     dp_optimizer.zero_grad()
@@ -87,7 +89,7 @@ def test_noise_has_the_right_standard_deviation():
     x, y = data()
     clean, noisy = copy.deepcopy(model), copy.deepcopy(model)
     private_step(clean, x, y, noise=0.0, bound=0.5, lr=1.0)
-    private_step(noisy, x, y, noise=2.0, bound=0.5, lr=1.0, generator=torch.Generator().manual_seed(3))
+    private_step(noisy, x, y, noise=2.0, bound=0.5, lr=1.0, rng=DPRandom(bytes(range(32))))
     difference = torch.cat([(p - q).flatten() for p, q in zip(noisy.parameters(), clean.parameters(), strict=True)])
     # noise N(0, (sigma C)^2) on the sum, divided by the batch size of 8
     expected_std = 2.0 * 0.5 / 8
@@ -96,16 +98,17 @@ def test_noise_has_the_right_standard_deviation():
     assert abs(difference.mean().item()) < 4 * expected_std / difference.numel() ** 0.5
 
 
-def test_noise_generator_controls_the_randomness():
+@pytest.mark.parametrize("mode", GRAD_SAMPLE_MODES)
+def test_the_dp_random_controls_the_noise_in_every_mode(mode):
     x, y = data()
     results = []
-    for generator in (torch.Generator().manual_seed(5), torch.Generator().manual_seed(5), None, None):
+    for rng in (DPRandom(b"k" * 32), DPRandom(b"k" * 32), None, None):
         torch.manual_seed(0)
         model = build_model("small_cnn")
-        private_step(model, x, y, noise=1.0, bound=1.0, generator=generator)
+        private_step(model, x, y, noise=1.0, bound=1.0, mode=mode, rng=rng)
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
-    assert torch.equal(results[0], results[1])
-    assert not torch.equal(results[2], results[3])  # fresh urandom seeds by default
+    assert torch.equal(results[0], results[1])  # one key, one stream
+    assert not torch.equal(results[2], results[3])  # fresh os.urandom keys by default
 
 
 def test_make_private_draws_poisson_batches():
@@ -116,18 +119,72 @@ def test_make_private_draws_poisson_batches():
     wrapped, optimizer, private_loader = make_private(
         model, torch.optim.SGD(model.parameters(), lr=0.1), loader, noise_multiplier=1.0, max_grad_norm=1.0
     )
-    assert isinstance(private_loader, DPDataLoader)
+    assert isinstance(private_loader, PoissonDataLoader)
     assert private_loader.sample_rate == pytest.approx(0.25)
     assert optimizer.expected_batch_size == 10
     sizes = []
     for _ in range(3):
-        for xb, yb in private_loader:
+        batches = list(private_loader)
+        assert len(batches) == 4  # one pass is len(loader) batches
+        for xb, yb in batches:
             sizes.append(len(xb))
             optimizer.zero_grad()
-            F.cross_entropy(wrapped(xb), yb).backward()  # empty batches included
+            F.cross_entropy(wrapped(xb), yb).backward()
             optimizer.step()
     assert len(set(sizes)) > 1
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_poisson_batches_come_from_the_dp_random():
+    x, y = data(n=40)
+    loader = DataLoader(TensorDataset(x, y), batch_size=10)
+
+    def batches(rng):
+        model = build_model("small_cnn")
+        _, _, private = make_private(model, torch.optim.SGD(model.parameters(), lr=0.1), loader,
+                                     noise_multiplier=1.0, max_grad_norm=1.0, rng=rng)
+        return [yb.tolist() for _ in range(3) for _, yb in private]
+
+    assert batches(DPRandom(b"b" * 32)) == batches(DPRandom(b"b" * 32))
+    assert batches(DPRandom(b"b" * 32)) != batches(DPRandom(b"c" * 32))
+
+
+def test_empty_poisson_batches_are_collated_with_the_right_shapes():
+    # 4 examples, one per batch: a batch is empty with probability 0.75^4 = 0.32
+    x, y = data(n=4, size=8)
+    model = build_model("small_cnn")
+    _, _, private = make_private(model, torch.optim.SGD(model.parameters(), lr=0.1),
+                                 DataLoader(TensorDataset(x, y), batch_size=1), noise_multiplier=1.0,
+                                 max_grad_norm=1.0, rng=DPRandom(b"e" * 32))
+    shapes = {(tuple(xb.shape), tuple(yb.shape), yb.dtype) for _ in range(10) for xb, yb in private}
+    assert ((0, 3, 8, 8), (0,), torch.int64) in shapes
+
+
+@pytest.mark.parametrize("mode", GRAD_SAMPLE_MODES)
+def test_an_empty_batch_takes_a_noise_only_step(mode):
+    # The step of an empty Poisson batch is noise alone, divided by the expected batch size like
+    # any other step (never skipped: the accountant's analysis has every step release noise).
+    torch.manual_seed(0)
+    model = build_model("small_cnn")
+    before = copy.deepcopy(model)
+    x, y = data(n=32)
+    sigma, bound, lr = 2.0, 0.5, 1.0
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    _, dp_optimizer, _ = make_private(model, optimizer, DataLoader(TensorDataset(x, y), batch_size=8),
+                                      noise_multiplier=sigma, max_grad_norm=bound, grad_sample_mode=mode)
+    calls = []
+    dp_optimizer.attach_step_hook(lambda opt: calls.append(1))  # the accountant's hook sees the step
+    dp_optimizer.zero_grad()
+    noise_only_step(dp_optimizer)
+    change = torch.cat([(p - q).detach().flatten() for p, q in zip(model.parameters(), before.parameters(),
+                                                                   strict=True)])
+    expected_std = lr * sigma * bound / 8
+    assert calls == [1]
+    assert abs(change.std().item() / expected_std - 1) < 0.03
+    assert abs(change.mean().item()) < 5 * expected_std / change.numel() ** 0.5
+    # a second step after zero_grad works (nothing left over from the empty one)
+    dp_optimizer.zero_grad()
+    noise_only_step(dp_optimizer)
 
 
 def test_make_private_refuses_batchnorm_and_bad_settings():
@@ -205,7 +262,7 @@ def test_clipped_gradient_sum_chunking_gives_the_same_sum():
 def test_gaussian_noise_distribution():
     std = 0.7
     grads = {"w": torch.full((400, 500), 3.0), "b": torch.zeros(7)}
-    noised = add_gaussian_noise(grads, std, generator=torch.Generator().manual_seed(11))
+    noised = add_gaussian_noise(grads, std, rng=DPRandom(bytes(32)))
     assert torch.equal(grads["w"], torch.full((400, 500), 3.0))  # inputs untouched
     noise = (noised["w"] - 3.0).flatten().double().numpy()
     n = noise.size
@@ -230,7 +287,7 @@ def test_gaussian_noise_options():
 
 def test_poisson_sample_rate():
     n, q = 200_000, 0.03
-    indices = poisson_sample(n, q, generator=torch.Generator().manual_seed(4))
+    indices = poisson_sample(n, q, rng=DPRandom(b"p" * 32))
     assert indices.dtype == torch.int64
     assert torch.equal(indices, indices.unique(sorted=True))
     assert 0 <= indices.min() and indices.max() < n

@@ -13,10 +13,12 @@ from core.privacy.per_sample import (
     FusedGradSampleModule,
     GhostGradSample,
     clip_and_sum,
+    declare_per_example_safe,
     materialize,
 )
 
 
+@declare_per_example_safe  # its forward acts on each example alone (reviewed)
 class Mixed(nn.Module):
     """Every layer shape the fused mode distinguishes, plus a module used twice."""
 
@@ -97,6 +99,7 @@ def test_clip_and_sum_is_the_same_with_and_without_ghost_entries():
 
 
 def test_ghost_module_used_twice_is_materialized():
+    @declare_per_example_safe
     class Twice(nn.Module):
         def __init__(self):
             super().__init__()
@@ -171,6 +174,9 @@ def test_empty_batch():
     wrapped = FusedGradSampleModule(model)
     wrapped(torch.zeros(0, 3, 24, 24)).sum().backward()
     assert all(p.grad_sample.shape == (0, *p.shape) for p in model.parameters())
+    # an empty Poisson batch clips to a zero sum (its step is then noise alone)
+    sums = clip_and_sum(list(model.parameters()), 1.0)
+    assert all(s.shape == p.shape and not s.any() for s, p in zip(sums, model.parameters(), strict=True))
 
 
 def test_second_pass_accumulates_like_opacus():
