@@ -1,13 +1,15 @@
 """Offline inference: open a signed model package, predict, explain (saliency), batch runs and reports.
 
 Public API:
-    open_model(path, *, allow_unverified=False, trusted_keys=None) -> Predictor
+    open_model(path, *, allow_unverified=False, trust=None, require_trusted=False) -> Predictor
+        (trust: core.models.trust.TrustStore; Predictor.signer says valid signature and trusted signer apart)
     Predictor.predict_image(image, *, file="") / .predict_file(path) -> Prediction
     Predictor.saliency(image, *, target_index=None) -> Saliency (heatmap float32 [S, S] in [0, 1])
     Predictor.model_view(image) -> PIL image the model sees (resized, center-cropped)
     overlay(image, heatmap, *, opacity) -> PIL image; colorize(heatmap) -> uint8 RGB array
     BatchConfig, run(config, *, progress, cancel) -> BatchResult; run_with(predictor, config, ...)
-    find_images(inputs) -> list[Path]; dicom_metadata(path, *, identifying=False); card_fields(package)
+    find_images(inputs) -> list[Path]; dicom_metadata(path, *, identifying=False);
+    card_fields(package, signer=None)
 """
 
 from core.inference.batch import (

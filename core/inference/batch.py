@@ -21,6 +21,7 @@ from core.inference.predictor import Prediction, Predictor, open_model
 from core.inference.report import write_csv, write_html
 from core.inference.saliency import overlay
 from core.jobs import NEVER_CANCELLED, CancelToken, ProgressFn, no_progress
+from core.models.trust import SignerStatus
 
 THUMBNAIL_PX = 160
 HEATMAP_OPACITY = 0.45
@@ -37,6 +38,10 @@ class BatchConfig:
     allow_unverified: bool = False
     report_heatmaps: bool = True
     """Put a heatmap beside each thumbnail in the HTML report (one backward pass per image)."""
+    home: Path | None = None
+    """The hospital home whose trusted signers count (core.home; None: the default home)."""
+    require_trusted: bool = False
+    """Refuse a model whose signer the home does not trust."""
     schema_version: int = 1
 
 
@@ -61,6 +66,15 @@ class BatchResult:
     csv: Path | None = None
     report: Path | None = None
     heatmaps: Path | None = None
+    signer: SignerStatus | None = None
+
+    @property
+    def signer_trusted(self) -> bool:
+        return self.signer is not None and self.signer.signer_trusted
+
+    @property
+    def signer_fingerprint(self) -> str:
+        return self.signer.signer_fingerprint if self.signer is not None else ""
 
     @property
     def predictions(self) -> list[Prediction]:
@@ -149,7 +163,8 @@ def predict_files(
 def batch_result(predictor: Predictor, items: list[BatchItem]) -> BatchResult:
     """Wrap items predicted with ``predictor`` (for write_csv / write_html)."""
     return BatchResult(model_path=str(predictor.path), model_sha256=predictor.sha256,
-                       signature_verified=predictor.signature_verified, classes=predictor.classes, items=items)
+                       signature_verified=predictor.signature_verified, classes=predictor.classes, items=items,
+                       signer=predictor.signer)
 
 
 def run_with(
@@ -186,7 +201,12 @@ def run_with(
 
 
 def run(config: BatchConfig, *, progress: ProgressFn = no_progress, cancel: CancelToken = NEVER_CANCELLED) -> BatchResult:
-    """Open ``config.model`` (refusing an unverified one unless allowed) and predict every input."""
+    """Open ``config.model`` (refusing an unverified one unless allowed, an untrusted signer if asked) and
+    predict every input."""
+    from core.home import HospitalHome
+    from core.models.trust import TrustStore
+
     progress(0.0, f"Opening {Path(config.model).name}")
-    predictor = open_model(config.model, allow_unverified=config.allow_unverified)
+    predictor = open_model(config.model, allow_unverified=config.allow_unverified,
+                           trust=TrustStore(HospitalHome.at(config.home)), require_trusted=config.require_trusted)
     return run_with(predictor, config, progress=progress, cancel=cancel)

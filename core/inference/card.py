@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from core.models.package import ModelPackage
+from core.models.trust import SignerStatus, signer_status
 
 MODE_NAMES = {
     "c": "Centralized, no differential privacy",
@@ -21,25 +22,32 @@ def _number(value: float | int | None, unset: str = "-") -> str:
     return f"{value:.4g}"
 
 
-def signature_status(package: ModelPackage) -> str:
-    """One line saying whether the package's signature verifies, and who signed it."""
-    signer = package.signer_fingerprint or "unknown signer"
-    if package.signature_ok:
-        return f"Verified (signer {signer})"
-    return "NOT VERIFIED: the file was changed after signing or its signature is missing or untrusted"
+def signature_status(package: ModelPackage, signer: SignerStatus | None = None) -> str:
+    """One line: trusted signer (who), valid signature by an unknown signer, or does not verify.
+
+    Without ``signer`` (core.models.trust.signer_status with the hospital's TrustStore) nobody is
+    trusted, so a valid signature reads as an unknown signer: never as more than it proves.
+    """
+    signer = signer or signer_status(package, None)
+    if signer.level == "invalid":
+        return "NOT VERIFIED: " + signer.text[0].lower() + signer.text[1:]
+    return signer.text
 
 
-def card_fields(package: ModelPackage) -> list[tuple[str, str]]:
+def card_fields(package: ModelPackage, signer: SignerStatus | None = None) -> list[tuple[str, str]]:
     """(label, value) rows describing the package's model card and signature."""
     card = package.card
     private = card.epsilon is not None
+    signer = signer or signer_status(package, None)
     rows = [
-        ("Signature", signature_status(package)),
+        ("Signature", signature_status(package, signer)),
+        ("Signer fingerprint", signer.signer_fingerprint or "-"),
         ("Model file SHA-256", package.sha256),
         ("Architecture", card.architecture),
         ("Classes", ", ".join(card.classes)),
         ("Training mode", MODE_NAMES.get(card.mode, card.mode)),
-        ("Privacy ε (epsilon)", _number(card.epsilon, "none (not differentially private)")),
+        ("Privacy ε (epsilon)", _number(card.epsilon, "none (not differentially private)")
+         + ("" if signer.signer_trusted else " (unverified claim)")),
         ("Privacy δ (delta)", _number(card.delta) if private else "-"),
         ("Accountant", (card.accountant or "-").upper() if private else "-"),
         ("Noise multiplier", _number(card.noise_multiplier)),

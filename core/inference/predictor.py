@@ -7,7 +7,7 @@ preprocessing dict), so a prediction here is exactly what the model saw during e
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from core.data import DR_CLASSES, Preprocessing, load_image, preprocess, resize_
 from core.errors import ConfigError, InferenceError, ModelError, ModelPackageError
 from core.inference.saliency import Saliency, compute_saliency
 from core.models.package import ModelCard, ModelPackage, load_model, read_package
+from core.models.trust import SignerStatus, TrustedSigner, TrustStore, ensure_trusted, signer_status
 
 REFERABLE_DR_MIN_GRADE = 2
 """Moderate NPDR or worse is referable diabetic retinopathy (the usual screening threshold)."""
@@ -26,7 +27,9 @@ REFERABLE_DR_MIN_GRADE = 2
 
 @dataclass
 class Prediction:
-    """One image's result. ``signature_verified`` is False for a model opened despite a bad signature."""
+    """One image's result. ``signature_verified`` is False for a model opened despite a bad signature;
+    ``signer_trusted`` is True only when, besides, the signer is one this hospital trusts (its own key,
+    a coordinator it joined, a key the user added): otherwise the card's claims are unverified."""
 
     file: str
     predicted_index: int
@@ -36,6 +39,8 @@ class Prediction:
     signature_verified: bool
     referable_dr_probability: float | None = None
     """P(grade >= 2) for diabetic-retinopathy models, else None."""
+    signer_trusted: bool = False
+    signer_fingerprint: str = ""
 
     @property
     def referable_dr(self) -> bool | None:
@@ -52,6 +57,8 @@ class Prediction:
             "probabilities": dict(self.probabilities),
             "model_sha256": self.model_sha256,
             "signature_verified": self.signature_verified,
+            "signer_trusted": self.signer_trusted,
+            "signer_fingerprint": self.signer_fingerprint,
         }
         if self.referable_dr_probability is not None:
             out["referable_dr_probability"] = self.referable_dr_probability
@@ -67,12 +74,18 @@ def is_dr_model(classes: list[str]) -> bool:
 @dataclass
 class Predictor:
     """A loaded model ready to predict. Thread-safe: one forward or saliency pass at a time, because
-    Grad-CAM attaches hooks to the shared model."""
+    Grad-CAM attaches hooks to the shared model. ``signer`` is what the signature is worth here; it is
+    replaced as a whole (never changed in place) when the hospital's trusted keys change."""
 
     package: ModelPackage
     model: torch.nn.Module
     spec: Preprocessing
+    signer: SignerStatus | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.signer is None:
+            self.signer = signer_status(self.package, None)
 
     @property
     def card(self) -> ModelCard:
@@ -89,6 +102,14 @@ class Predictor:
     @property
     def signature_verified(self) -> bool:
         return bool(self.package.signature_ok)
+
+    @property
+    def signer_trusted(self) -> bool:
+        return self.signer.signer_trusted
+
+    @property
+    def signer_fingerprint(self) -> str:
+        return self.signer.signer_fingerprint
 
     @property
     def path(self) -> Path:
@@ -142,6 +163,7 @@ class Predictor:
     def _prediction(self, file: str, probs: np.ndarray) -> Prediction:
         index = int(np.argmax(probs))
         classes = self.classes
+        signer = self.signer
         referable = None
         if is_dr_model(classes):
             referable = float(probs[REFERABLE_DR_MIN_GRADE:].sum())
@@ -153,6 +175,8 @@ class Predictor:
             model_sha256=self.sha256,
             signature_verified=self.signature_verified,
             referable_dr_probability=referable,
+            signer_trusted=signer.signer_trusted,
+            signer_fingerprint=signer.signer_fingerprint,
         )
 
     def saliency(self, image: Image.Image, *, target_index: int | None = None) -> Saliency:
@@ -166,15 +190,21 @@ def open_model(
     path: Path,
     *,
     allow_unverified: bool = False,
-    trusted_keys: Iterable[bytes] | None = None,
+    trust: TrustStore | Mapping[bytes, TrustedSigner] | None = None,
+    require_trusted: bool = False,
 ) -> Predictor:
-    """Read, verify and load a .dpm package.
+    """Read, verify and load a .dpm package; ``trust`` (a hospital's TrustStore) says whose signature counts.
 
     A package whose signature does not verify raises SignatureError unless ``allow_unverified``; then
-    it is loaded with ``signature_verified`` False and every Prediction it makes says so.
+    it is loaded with ``signature_verified`` False and every Prediction it makes says so. A valid
+    signature by a signer ``trust`` does not hold (or with no ``trust``) loads with ``signer_trusted``
+    False, unless ``require_trusted``, which refuses it (and an unverified one) with SignatureError.
     """
     path = Path(path)
-    package = read_package(path, require_signature=not allow_unverified, trusted_keys=trusted_keys)
+    package = read_package(path, require_signature=require_trusted or not allow_unverified)
+    signer = signer_status(package, trust)
+    if require_trusted:
+        ensure_trusted(path.name, signer)
     try:
         spec = Preprocessing.from_dict(dict(package.card.preprocessing))
     except (ConfigError, TypeError, ValueError) as exc:
@@ -188,4 +218,4 @@ def open_model(
     except ModelError as exc:
         raise ModelPackageError(f"{path.name}: {exc}") from exc
     model.eval()
-    return Predictor(package=package, model=model, spec=spec)
+    return Predictor(package=package, model=model, spec=spec, signer=signer)

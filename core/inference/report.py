@@ -29,7 +29,7 @@ def _cell(text: str) -> str:
 
 def csv_columns(classes: list[str]) -> list[str]:
     return ["file", "predicted_class", *(f"p_{name}" for name in classes), "referable_dr_probability",
-            "model_sha256", "signature_verified", "error"]
+            "model_sha256", "signature_verified", "signer_trusted", "signer_fingerprint", "error"]
 
 
 def csv_text(result: BatchResult) -> str:
@@ -41,11 +41,13 @@ def csv_text(result: BatchResult) -> str:
         p = item.prediction
         if p is None:
             probabilities = [""] * len(result.classes)
-            row = [item.file, "", *probabilities, "", result.model_sha256, result.signature_verified, item.error]
+            row = [item.file, "", *probabilities, "", result.model_sha256, result.signature_verified,
+                   result.signer_trusted, result.signer_fingerprint, item.error]
         else:
             probabilities = [f"{p.probabilities[name]:.6f}" for name in result.classes]
             referable = "" if p.referable_dr_probability is None else f"{p.referable_dr_probability:.6f}"
-            row = [p.file, p.predicted_class, *probabilities, referable, p.model_sha256, p.signature_verified, ""]
+            row = [p.file, p.predicted_class, *probabilities, referable, p.model_sha256, p.signature_verified,
+                   p.signer_trusted, p.signer_fingerprint, ""]
         writer.writerow([_cell(str(v).lower() if isinstance(v, bool) else str(v)) for v in row])
     return buffer.getvalue()
 
@@ -64,7 +66,8 @@ _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#1c2330}
 h1{font-size:1.4em} table{border-collapse:collapse;margin:1em 0} td,th{border:1px solid #ccd;padding:4px 8px;
 vertical-align:top;text-align:left} th{background:#eef1f6} .warn{background:#fde2e1;border:2px solid #c62828;
-padding:0.8em;font-weight:bold;color:#8e1b1b} .ok{color:#1b5e20} .bar{background:#dde3ec;width:120px;height:10px;
+padding:0.8em;font-weight:bold;color:#8e1b1b} .caution{background:#fff4d6;border:2px solid #9a6700;
+padding:0.8em;font-weight:bold;color:#6b4700} .ok{color:#1b5e20} .bar{background:#dde3ec;width:120px;height:10px;
 display:inline-block;margin-right:6px} .bar span{background:#3867d6;height:10px;display:block}
 .file{font-family:monospace;word-break:break-all;max-width:28em} .small{color:#5a6475;font-size:0.85em}
 """
@@ -85,12 +88,18 @@ def html_text(result: BatchResult, package: ModelPackage) -> str:
     if not result.signature_verified:
         parts.append('<p class="warn">UNVERIFIED MODEL: its signature does not verify. The file may have been '
                      "changed after signing. Do not use these results for patient care.</p>")
+    elif not result.signer_trusted:
+        parts.append('<p class="caution">UNKNOWN SIGNER: the signature is valid, but its key '
+                     f"({esc(result.signer_fingerprint)}) is not one this hospital trusts, so the model card's "
+                     "claims (privacy, training, accuracy) are unverified.</p>")
+    else:
+        parts.append(f'<p class="ok">Signed by a trusted signer ({esc(result.signer.signer_described)}).</p>')
     done, failed = len(result.predictions), len(result.failures)
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     parts.append(f'<p>{done} image(s) predicted, {failed} could not be read. Generated {esc(generated)} by '
                  f"Dopamine {esc(__version__)}. Decision support only: a clinician makes the diagnosis.</p>")
     parts.append("<h2>Model</h2><table>")
-    for label, value in card_fields(package):
+    for label, value in card_fields(package, result.signer):
         parts.append(f"<tr><th>{esc(label)}</th><td>{esc(value)}</td></tr>")
     parts.append("</table>")
 

@@ -159,6 +159,10 @@ class ModelCard:
 
 @dataclass
 class ModelPackage:
+    """A read package. ``signature_ok`` says only that the signature verifies against the key inside the
+    package, which anyone can make: whether that key is trusted is a separate fact (``signer_trusted``
+    when ``read_package`` was given trusted keys; core.models.trust.signer_status otherwise)."""
+
     path: Path
     state_dict: dict[str, torch.Tensor]
     card: ModelCard
@@ -166,6 +170,9 @@ class ModelPackage:
     signer_fingerprint: str
     sha256: str
     signer_public_key: bytes = field(default=b"", repr=False)
+    signer_trusted: bool | None = None
+    """Among ``read_package``'s ``trusted_keys`` (never for a signature that does not verify); None when
+    no trusted keys were given."""
 
 
 def signed_message(weights: bytes, card: bytes) -> bytes:
@@ -223,11 +230,12 @@ def write_package(
 def read_package(
     path: Path, *, require_signature: bool = True, trusted_keys: Iterable[bytes] | None = None
 ) -> ModelPackage:
-    """Read and verify a .dpm.
+    """Read and verify a .dpm against the key inside it.
 
     SignatureError (naming the file and, when it can tell, the changed member) if the signature
     does not verify or, with ``trusted_keys``, the signer is not among them -- unless
-    ``require_signature`` is False, which reports ``signature_ok=False`` instead.
+    ``require_signature`` is False, which reports ``signature_ok=False`` (does not verify) or
+    ``signer_trusted=False`` (verifies, unknown signer) instead: two separate facts.
     ModelPackageError for anything malformed.
     """
     path = Path(path)
@@ -236,9 +244,15 @@ def read_package(
     members = _read_members(data, name)
     card_bytes, weights = members[CARD], members[WEIGHTS]
 
-    ok, problem, signer = _check_signature(members, name, trusted_keys)
-    if not ok and require_signature:
+    ok, problem, signer = _check_signature(members, name)
+    trusted = None if trusted_keys is None else ok and signer in {bytes(k) for k in trusted_keys}
+    if require_signature and not ok:
         raise SignatureError(problem)
+    if require_signature and trusted is False:
+        raise SignatureError(
+            f"{name}: signed by an unknown key {fingerprint(signer)}; use it only if its sender "
+            "confirms this fingerprint, then add the key to the trusted keys."
+        )
 
     card = ModelCard.from_dict(_parse_json(card_bytes, name, CARD))
     state_dict = _parse_weights(weights, name)
@@ -254,6 +268,7 @@ def read_package(
         signer_fingerprint=fingerprint(signer) if signer else "",
         sha256=hashlib.sha256(data).hexdigest(),
         signer_public_key=signer,
+        signer_trusted=trusted,
     )
 
 
@@ -337,10 +352,8 @@ def _read_members(data: bytes, name: str) -> dict[str, bytes]:
     return members
 
 
-def _check_signature(
-    members: dict[str, bytes], name: str, trusted_keys: Iterable[bytes] | None
-) -> tuple[bool, str, bytes]:
-    """(verified, problem to report, signer's raw public key or b"")."""
+def _check_signature(members: dict[str, bytes], name: str) -> tuple[bool, str, bytes]:
+    """(verifies against the key inside, problem to report, signer's raw public key or b"")."""
     try:
         record = _parse_json(members[SIGNATURE], name, SIGNATURE)
         if not isinstance(record, dict) or record.get("algorithm") != SIGNATURE_ALGORITHM:
@@ -365,12 +378,6 @@ def _check_signature(
         return False, (
             f"{name}: the signature does not match - {what} changed after the package was signed; "
             "do not use this model, get a fresh copy from its sender."
-        ), public_key
-
-    if trusted_keys is not None and public_key not in {bytes(k) for k in trusted_keys}:
-        return False, (
-            f"{name}: signed by an unknown key {fingerprint(public_key)}; use it only if its sender "
-            "confirms this fingerprint, then add the key to the trusted keys."
         ), public_key
     return True, "", public_key
 

@@ -16,6 +16,10 @@ class EvaluateConfig:
     labels_csv: Path | None = None
     allow_unverified: bool = False
     device: str = "cpu"
+    home: Path | None = None
+    """The hospital home whose trusted signers count (core.home; None: the default home)."""
+    require_trusted: bool = False
+    """Refuse a model whose signer the home does not trust (its card's claims would be unverified)."""
     schema_version: int = 1
 
 
@@ -23,12 +27,17 @@ def run(config: EvaluateConfig, *, progress: ProgressFn = no_progress,
         cancel: CancelToken = NEVER_CANCELLED) -> dict:
     """Metrics of the model on every usable labelled image; classes are matched by name."""
     from core.data import Preprocessing, load_tensors, validate
+    from core.home import HospitalHome
     from core.models.package import load_model, read_package
+    from core.models.trust import TrustStore, ensure_trusted, signer_status
     from core.training.loop import evaluate_model
     from core.training.metrics import majority_baseline
     from core.training.trainer import resolve_device
 
-    package = read_package(config.model, require_signature=not config.allow_unverified)
+    package = read_package(config.model, require_signature=config.require_trusted or not config.allow_unverified)
+    signer = signer_status(package, TrustStore(HospitalHome.at(config.home)))
+    if config.require_trusted:
+        ensure_trusted(Path(config.model).name, signer)
     spec = Preprocessing.from_dict(package.card.preprocessing)
     report = validate(config.data, labels_csv=config.labels_csv, min_size=spec.size,
                       progress=lambda f, m: progress(0.2 * f, m), cancel=cancel)
@@ -51,6 +60,9 @@ def run(config: EvaluateConfig, *, progress: ProgressFn = no_progress,
         "model_path": str(Path(config.model).resolve()),
         "model_sha256": package.sha256,
         "signature_verified": package.signature_ok,
+        "signer_trusted": signer.signer_trusted,
+        "signer_fingerprint": signer.signer_fingerprint,
+        "signer": signer.text,
         "classes": model_classes,
         "images": len(samples),
         "problems": len(report.problems),

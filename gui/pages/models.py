@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QFileDialog,
@@ -17,7 +18,8 @@ from PySide6.QtWidgets import (
 
 from gui.context import AppContext
 from gui.dialogs import show_error
-from gui.model_jobs import ModelEntry, scan_models
+from gui.model_jobs import SIGNATURE_COLORS, ModelEntry, home_of, scan_with_trust
+from gui.theme import colors
 from gui.widgets.common import Banner, KeyValueCard, button
 from gui.widgets.page import Page
 
@@ -34,11 +36,15 @@ def card_rows(entry: ModelEntry) -> list[tuple[str, object]]:
         privacy = f"ε = {card.epsilon:.3f} at δ = {card.delta:.2g} ({(card.accountant or '').upper()})"
     validation = card.metrics.get("validation", card.metrics) if isinstance(card.metrics, dict) else {}
     accuracy = validation.get("accuracy") if isinstance(validation, dict) else None
+    if not entry.signer_trusted:
+        # Anyone can make a key and sign any card: the claims of an unknown signer prove nothing.
+        privacy += " (unverified claim)"
     rows: list[tuple[str, object]] = [
         ("File", str(entry.path)),
         ("Where it came from", entry.source),
         ("Signature", entry.signature_text),
         ("Signer fingerprint", entry.signer_fingerprint),
+        ("What it proves", SIGNATURE_MEANING[entry.level]),
         ("Architecture", card.architecture),
         ("Classes", ", ".join(card.classes)),
         ("Training mode", MODE_WORDS.get(card.mode, card.mode)),
@@ -53,11 +59,22 @@ def card_rows(entry: ModelEntry) -> list[tuple[str, object]]:
     return rows
 
 
+SIGNATURE_MEANING = {
+    "trusted": "The signer is trusted here, so the card's privacy and training claims are the signer's word.",
+    "unknown signer": ("The file is intact, but anyone can sign with a key of their own: its card's claims "
+                       "(ε, training, accuracy) are unverified. To trust this signer, compare the fingerprint "
+                       "with its sender, then add it under Settings → Trusted signers."),
+    "invalid": "The file was changed after it was signed, or its signature is damaged: do not use it.",
+    "unreadable": "The file is not a readable model package.",
+}
+
+
 class ModelsPage(Page):
     key = "models"
     title = "Models"
     subtitle = ("Models trained on this computer and models received from a federation. A valid signature "
-                "means the file is exactly what its signer produced.")
+                "means the file is exactly what its signer produced; its card counts only when the signer "
+                "is trusted (this hospital, a federation it joined, or a signer added in Settings).")
 
     def __init__(self, context: AppContext, parent: QWidget | None = None) -> None:
         super().__init__(context, parent)
@@ -120,8 +137,7 @@ class ModelsPage(Page):
     def refresh(self) -> None:
         self._loaded = True
         self.context.runner.start(
-            _scan, self.folders(), identity_key=_identity_key(), invitation=self.context.settings.invitation,
-            name="scan models",
+            scan_with_trust, self.folders(), home_of(self.context), name="scan models",
             on_done=self.show_entries, on_error=lambda e: show_error(self, e))
 
     def show_entries(self, entries: list[ModelEntry]) -> None:
@@ -136,6 +152,11 @@ class ModelsPage(Page):
             for column, value in enumerate(values):
                 item = QTableWidgetItem(value)
                 item.setToolTip(str(entry.path) if column == 0 else value)
+                if column == 5:
+                    item.setToolTip(SIGNATURE_MEANING[entry.level])
+                    color = SIGNATURE_COLORS.get(entry.level)
+                    if color is not None:
+                        item.setForeground(QColor(getattr(colors(self.context.settings.theme), color)))
                 self.table.setItem(row, column, item)
         if entries:
             self.table.selectRow(0)
@@ -177,31 +198,6 @@ class ModelsPage(Page):
             self.context.runner.start(_import_model, Path(chosen), self.context.models_folder / "imported",
                                       name="add model", on_done=lambda _p: self.refresh(),
                                       on_error=lambda e: show_error(self, e))
-
-
-def _scan(folders: list[tuple[Path, str]], *, identity_key: Path, invitation: Path | None,
-          progress, cancel) -> list[ModelEntry]:
-    return scan_models(folders, identity_key=identity_key, coordinator_keys=_coordinator_keys(invitation),
-                       progress=progress, cancel=cancel)
-
-
-def _identity_key() -> Path:
-    from core.paths import data_dir
-
-    return data_dir() / "identity" / "hospital_ed25519.pem"
-
-
-def _coordinator_keys(invitation: Path | None) -> dict[str, bytes]:
-    if invitation is None or not Path(invitation).exists():
-        return {}
-    from core.errors import DopamineError
-    from core.federation.invitation import read_invitation
-
-    try:
-        parsed = read_invitation(Path(invitation))
-    except DopamineError:
-        return {}
-    return {parsed.federation_name: parsed.coordinator_signing_key}
 
 
 def _import_model(source: Path, folder: Path) -> Path:

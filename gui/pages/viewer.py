@@ -1,7 +1,8 @@
 """Viewer: diagnose images offline with a signed model package.
 
 Open or drop a model (.dpm), images, folders or DICOM files; zoom and pan; a saliency heatmap over the
-region the model sees; probability bars; the model card with its signature status; the DICOM header
+region the model sees; probability bars; the model card with its signature status (trusted signer, green;
+valid signature by an unknown signer, amber: the card's claims are unverified; does not verify, red); the DICOM header
 (non-identifying fields unless asked); batch runs with a results table and CSV/HTML export. Decoding,
 prediction, saliency and file writing all run on the JobRunner, never on the UI thread.
 """
@@ -40,6 +41,7 @@ from core.errors import SignatureError
 from core.jobs import NEVER_CANCELLED, CancelToken
 from gui import dialogs
 from gui.context import AppContext
+from gui.model_jobs import check_signer, home_of, open_for_viewer
 from gui.widgets.common import Banner, button, label
 from gui.widgets.job_progress import JobProgress
 
@@ -283,7 +285,7 @@ class ViewerPage(QWidget):
     title = "Viewer"
     subtitle = "Diagnose images offline with a trained model. Images stay on this computer."
 
-    BATCH_COLUMNS = ("File", "Prediction", "Probability", "Referable DR", "Model verified", "Problem")
+    BATCH_COLUMNS = ("File", "Prediction", "Probability", "Referable DR", "Model signer", "Problem")
 
     def __init__(self, context: AppContext, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -297,11 +299,13 @@ class ViewerPage(QWidget):
         self._opening: Path | None = None
         self._batch_handle = None
         self._analysis_handle = None
-        self._batch_verified = False
+        self._batch_signer = ""
         self.setAcceptDrops(True)
         self._build()
         self._refresh_model_panel()
         self._update_navigation()
+        # Trusted signers change in Settings, and joining a federation trusts its coordinator.
+        context.models_changed.connect(self.recheck_signer)
 
     # ---- layout -------------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -469,13 +473,11 @@ class ViewerPage(QWidget):
     # ---- model --------------------------------------------------------------------------------------------
     def open_model(self, path: Path, *, allow_unverified: bool = False) -> None:
         """Open a .dpm on a worker; a model whose signature fails is opened only after a confirmation."""
-        from core.inference import open_model
-
         path = Path(path)
         self._opening = path
         self.model_banner.show_message(f"Opening {path.name}…", "info")
         self.context.runner.start(
-            open_model, path, allow_unverified=allow_unverified, name="Open model",
+            open_for_viewer, path, home_of(self.context), allow_unverified=allow_unverified, name="Open model",
             on_done=self._model_opened,
             on_error=lambda exc: self._model_failed(path, exc, allow_unverified),
         )
@@ -516,10 +518,19 @@ class ViewerPage(QWidget):
         from core.inference import card_fields  # torch loads only once a model is opened
 
         name = predictor.path.name
-        if predictor.signature_verified:
+        signer = predictor.signer
+        if signer.level == "trusted":
             self.model_banner.show_message(
-                f"Model <b>{_escape(name)}</b>: signature verified. {_escape(', '.join(predictor.classes))}.", "ok")
-            self.verification_label.setText("Signature verified.")
+                f"Model <b>{_escape(name)}</b>: signed by a trusted signer ({_escape(signer.signer_described)}). "
+                f"{_escape(', '.join(predictor.classes))}.", "ok")
+            self.verification_label.setText(f"Signed by a trusted signer ({signer.signer_described}).")
+        elif signer.level == "unknown signer":
+            self.model_banner.show_message(
+                f"<b>Unknown signer:</b> {_escape(name)} has a valid signature, but by a key this hospital does not "
+                "trust, so its card's claims (privacy ε, training, accuracy) are unverified. To trust it, compare "
+                "the signer fingerprint on the Model card tab with its sender, then add it under Settings → "
+                "Trusted signers.", "warning")
+            self.verification_label.setText("Valid signature, unknown signer: the card's claims are unverified.")
         else:
             self.model_banner.show_message(
                 f"<b>UNVERIFIED MODEL</b> {_escape(name)}: its signature does not verify. Every result is marked "
@@ -527,8 +538,26 @@ class ViewerPage(QWidget):
             self.verification_label.setText("UNVERIFIED MODEL: results are not trustworthy.")
         # Long hex digests get spaces (every 8 characters) so the panel can wrap them.
         rows = [(key, _grouped(value) if key == "Model file SHA-256" else value)
-                for key, value in card_fields(predictor.package)]
+                for key, value in card_fields(predictor.package, signer)]
         self.card_form.set_rows(rows)
+
+    def recheck_signer(self) -> None:
+        """Ask again whether the open model's signer is trusted (on a worker: it reads the key files)."""
+        predictor = self.predictor
+        if predictor is None:
+            return
+        self.context.runner.start(
+            check_signer, predictor.package, home_of(self.context), name="Check model signer",
+            on_done=lambda status: self._signer_checked(predictor, status),
+            on_error=lambda exc: dialogs.show_error(self, exc))
+
+    def _signer_checked(self, predictor, status) -> None:
+        if predictor is not self.predictor:
+            return  # another model was opened meanwhile
+        predictor.signer = status
+        self._refresh_model_panel()
+        if self.analysis is not None:
+            self._show_prediction(self.analysis.prediction)
 
     # ---- images -------------------------------------------------------------------------------------------
     def open_paths(self, paths: list[Path]) -> None:
@@ -632,7 +661,8 @@ class ViewerPage(QWidget):
             self.referable_label.setText("")
             return
         top = prediction.probabilities[prediction.predicted_class]
-        marker = "" if prediction.signature_verified else "  [UNVERIFIED MODEL]"
+        marker = ("  [UNVERIFIED MODEL]" if not prediction.signature_verified
+                  else "" if self.predictor is not None and self.predictor.signer_trusted else "  [UNKNOWN SIGNER]")
         self.prediction_label.setText(f"{prediction.predicted_class} ({100 * top:.1f}%){marker}")
         self.bars.set_probabilities(prediction.probabilities)
         if prediction.referable_dr is None:
@@ -679,7 +709,7 @@ class ViewerPage(QWidget):
             self._show_notice("A batch is already running; cancel it or wait for it to finish.")
             return
         self.batch = None
-        self._batch_verified = self.predictor.signature_verified
+        self._batch_signer = _signer_word(self.predictor.signer)
         self.batch_table.setRowCount(0)
         self._set_exports_enabled(False)
         self.batch_button.setEnabled(False)
@@ -695,7 +725,7 @@ class ViewerPage(QWidget):
         row = self.batch_table.rowCount()
         self.batch_table.insertRow(row)
         p = item.prediction
-        cells = [Path(item.file).name, "", "", "", "yes" if self._batch_verified else "NO", item.error or ""]
+        cells = [Path(item.file).name, "", "", "", self._batch_signer, item.error or ""]
         if p is not None:
             cells[1] = p.predicted_class
             cells[2] = f"{100 * p.probabilities[p.predicted_class]:.1f}%"
@@ -716,6 +746,8 @@ class ViewerPage(QWidget):
         text = f"{done} image(s) predicted, {failed} could not be read."
         if not result.signature_verified:
             text += " UNVERIFIED MODEL: these results are marked unverified."
+        elif not result.signer_trusted:
+            text += " UNKNOWN SIGNER: the model card's claims are unverified."
         self.batch_summary.setText(text)
 
     def _batch_failed(self, exc: BaseException) -> None:
@@ -816,6 +848,10 @@ class ViewerPage(QWidget):
             event.accept()
         else:
             super().keyPressEvent(event)
+
+
+def _signer_word(signer) -> str:
+    return {"trusted": "trusted", "unknown signer": "UNKNOWN"}.get(signer.level, "NOT VERIFIED")
 
 
 def _grouped(text: str, size: int = 8) -> str:

@@ -15,9 +15,11 @@ from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
 from PySide6.QtGui import QDropEvent
 
 from core.data import DR_CLASSES, Preprocessing
+from core.home import HospitalHome
 from core.inference import open_model as core_open_model
 from core.models.package import ModelCard, write_package
 from core.models.registry import build_model
+from core.models.trust import TrustStore
 from core.signing import generate_private_key
 from gui import dialogs
 from gui.context import AppContext
@@ -27,7 +29,7 @@ from gui.settings import AppSettings
 WAIT_MS = 20000
 
 
-def make_package(path):
+def make_package(path, key=None):
     torch.manual_seed(0)
     model = build_model("small_cnn", 5)
     card = ModelCard(
@@ -36,13 +38,14 @@ def make_package(path):
         max_grad_norm=1.0, steps=100, rounds=None, hospitals=1, image_counts={"local": 200}, metrics={},
         created="2026-01-01T00:00:00Z", software_version="0.1.0", description="<b>not html</b>",
     )
-    write_package(path, model.state_dict(), card, generate_private_key())
+    write_package(path, model.state_dict(), card, key or generate_private_key())
     return path
 
 
 @pytest.fixture
 def model_path(tmp_path):
-    return make_package(tmp_path / "model.dpm")
+    """Signed with the hospital's own key (the page's work folder is its home): a trusted signer."""
+    return make_package(tmp_path / "model.dpm", HospitalHome.at(tmp_path / "work").identity())
 
 
 @pytest.fixture
@@ -85,9 +88,9 @@ def open_and_wait(qtbot, page, model_path, folder):
 def test_open_model_shows_card_and_predicts(qtbot, page, model_path, images, errors):
     open_and_wait(qtbot, page, model_path, images)
     rows = page.card_form.rows
-    assert rows["Signature"].startswith("Verified") and rows["Architecture"] == "small_cnn"
+    assert rows["Signature"] == "Signed by a trusted signer (this hospital)" and rows["Architecture"] == "small_cnn"
     assert rows["Privacy ε (epsilon)"] == "3" and rows["Description"] == "<b>not html</b>"
-    assert page.model_banner.kind == "ok"
+    assert page.model_banner.kind == "ok" and "trusted signer (this hospital)" in page.model_banner.text()
 
     expected = core_open_model(model_path).predict_file(images / "img0.png")
     assert page.analysis.path == images / "img0.png"
@@ -206,7 +209,8 @@ def test_batch_run_table_and_export(qtbot, page, model_path, images, tmp_path, e
     page.export_csv(tmp_path / "out.csv")
     qtbot.waitUntil(lambda: (tmp_path / "out.csv").exists(), timeout=WAIT_MS)
     rows = list(csv.DictReader(io.StringIO((tmp_path / "out.csv").read_text())))
-    assert len(rows) == 4 and rows[0]["model_sha256"] == page.predictor.sha256
+    assert len(rows) == 4 and rows[0]["model_sha256"] == page.predictor.sha256 and rows[0]["signer_trusted"] == "true"
+    assert page.batch_table.item(0, 4).text() == "trusted"
     page.export_html(tmp_path / "out.html")
     qtbot.waitUntil(lambda: (tmp_path / "out.html").exists(), timeout=WAIT_MS)
     assert (tmp_path / "out.html").read_text().count("data:image/jpeg;base64,") == 6
@@ -286,3 +290,27 @@ def test_fast_browsing_shows_only_the_last_image(qtbot, page, model_path, images
     # Whatever finished for img1 was either dropped before running or ignored as stale.
     assert all(current == (name == "img2.png") for current, name in shown)
     assert errors == []
+
+
+def test_a_valid_signature_by_an_unknown_signer_is_amber_until_the_signer_is_trusted(qtbot, page, tmp_path, images,
+                                                                                      errors):
+    stranger = generate_private_key()
+    path = make_package(tmp_path / "from-elsewhere.dpm", stranger)
+    open_and_wait(qtbot, page, path, images)
+    assert page.predictor.signature_verified and not page.predictor.signer_trusted
+    assert page.model_banner.kind == "warning" and "Unknown signer" in page.model_banner.text()
+    assert "unverified" in page.model_banner.text() and "signature verified" not in page.model_banner.text().lower()
+    rows = page.card_form.rows
+    assert rows["Signature"].startswith("Valid signature, unknown signer")
+    assert rows["Privacy ε (epsilon)"] == "3 (unverified claim)"
+    assert rows["Signer fingerprint"] == page.predictor.signer_fingerprint
+    assert page.prediction_label.text().endswith("[UNKNOWN SIGNER]")
+
+    # Trusting the signer (Settings does this and says so through models_changed) turns the page green.
+    TrustStore(HospitalHome.at(tmp_path / "work")).add(page.predictor.package.signer_public_key, "Eye clinic",
+                                                       source=str(path))
+    page.context.models_changed.emit()
+    qtbot.waitUntil(lambda: page.model_banner.kind == "ok", timeout=WAIT_MS)
+    assert "Eye clinic (added by you)" in page.model_banner.text()
+    assert page.card_form.rows["Privacy ε (epsilon)"] == "3"
+    assert "[UNKNOWN SIGNER]" not in page.prediction_label.text() and errors == []

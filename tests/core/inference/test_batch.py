@@ -42,7 +42,7 @@ def test_batch_csv_holds_every_file_with_probabilities_and_model_hash(package_pa
     rows = read_csv(csv_path)
     classes = ["No DR", "Mild", "Moderate", "Severe", "Proliferative DR"]
     assert list(rows[0]) == ["file", "predicted_class", *(f"p_{c}" for c in classes), "referable_dr_probability",
-                             "model_sha256", "signature_verified", "error"]
+                             "model_sha256", "signature_verified", "signer_trusted", "signer_fingerprint", "error"]
     assert len(rows) == 5
     by_name = {row["file"].rsplit("/", 1)[-1]: row for row in rows}
     assert set(by_name) == GOOD | {"broken.png"}
@@ -54,6 +54,8 @@ def test_batch_csv_holds_every_file_with_probabilities_and_model_hash(package_pa
             assert float(row[f"p_{c}"]) == pytest.approx(expected.probabilities[c], abs=1e-6)
         assert float(row["referable_dr_probability"]) == pytest.approx(expected.referable_dr_probability, abs=1e-6)
         assert row["model_sha256"] == sha and row["signature_verified"] == "true" and row["error"] == ""
+        # The test key is nobody this (empty) hospital home trusts: valid, but the signer is unknown.
+        assert row["signer_trusted"] == "false" and row["signer_fingerprint"] == predictor.signer_fingerprint
     broken = by_name["broken.png"]
     assert broken["predicted_class"] == "" and "broken.png" in broken["error"]
     assert [item.file for item in result.failures] == [broken["file"]]
@@ -125,6 +127,29 @@ def test_unverified_model_in_a_batch_only_with_the_flag(tampered_path, image_fol
     assert result.signature_verified is False
     assert all(row["signature_verified"] == "false" for row in read_csv(tmp_path / "x.csv"))
     assert "UNVERIFIED MODEL" in report.read_text(encoding="utf-8")
+
+
+def test_the_signer_is_trusted_only_by_a_home_that_trusts_it(package_path, image_folder, tmp_path):
+    from core.home import HospitalHome
+    from core.models.trust import TrustStore
+
+    files = [image_folder / "a.png"]
+    unknown = run(BatchConfig(model=package_path, inputs=files, csv=tmp_path / "u.csv", report=tmp_path / "u.html",
+                              home=tmp_path / "home", report_heatmaps=False))
+    assert unknown.signature_verified and not unknown.signer_trusted
+    assert read_csv(tmp_path / "u.csv")[0]["signer_trusted"] == "false"
+    page = (tmp_path / "u.html").read_text(encoding="utf-8")
+    assert "UNKNOWN SIGNER" in page and unknown.signer_fingerprint in page and "unverified claim" in page
+    with pytest.raises(SignatureError, match="dopamine trust add"):
+        run(BatchConfig(model=package_path, inputs=files, home=tmp_path / "home", require_trusted=True))
+
+    signer = open_model(package_path).package.signer_public_key
+    TrustStore(HospitalHome.at(tmp_path / "home")).add(signer, "Test sender", source=str(package_path))
+    trusted = run(BatchConfig(model=package_path, inputs=files, csv=tmp_path / "t.csv", report=tmp_path / "t.html",
+                              home=tmp_path / "home", require_trusted=True, report_heatmaps=False))
+    assert trusted.signer_trusted and read_csv(tmp_path / "t.csv")[0]["signer_trusted"] == "true"
+    page = (tmp_path / "t.html").read_text(encoding="utf-8")
+    assert "UNKNOWN SIGNER" not in page and "Signed by a trusted signer (Test sender (added by you))" in page
 
 
 def test_a_folder_without_images_is_an_error(package_path, tmp_path):

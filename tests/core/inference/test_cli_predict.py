@@ -18,6 +18,9 @@ def test_json_has_one_object_per_image(package_path, image_folder, capsys):
         assert row["predicted_class"] in row["probabilities"]
         assert abs(sum(row["probabilities"].values()) - 1.0) < 1e-5
         assert row["signature_verified"] is True
+        # A valid signature by a key this hospital does not trust: the card's claims are unverified.
+        assert row["signer_trusted"] is False and len(row["signer_fingerprint"].split()) == 16
+    assert "unknown signer" in err and "dopamine trust add" in err
 
 
 def test_csv_report_and_heatmaps_with_a_corrupt_file(package_path, image_folder, tmp_path, capsys):
@@ -62,4 +65,4 @@ def test_unwritable_csv_is_a_clean_error(package_path, image_folder, tmp_path, c
     (tmp_path / "out.csv").mkdir()
     code = main(["predict", str(package_path), str(image_folder), "--csv", str(tmp_path / "out.csv")])
     _, err = capsys.readouterr()
-    assert code == 1 and err.startswith("error: Cannot write") and "Traceback" not in err
+    assert code == 1 and err.splitlines()[-1].startswith("error: Cannot write") and "Traceback" not in err

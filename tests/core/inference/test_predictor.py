@@ -86,6 +86,28 @@ def test_tampered_model_opens_only_when_allowed_and_is_marked(tampered_path, kit
     assert prediction.to_dict()["signature_verified"] is False
 
 
+def test_valid_signature_and_trusted_signer_are_two_facts(package_path, tampered_path, kit):
+    from core.models.trust import TrustedSigner
+
+    signer = read_package(package_path).signer_public_key
+    unknown = open_model(package_path)  # nobody said whom to trust
+    assert unknown.signature_verified and not unknown.signer_trusted
+    out = unknown.predict_image(kit.random_image(2)).to_dict()
+    assert out["signature_verified"] is True and out["signer_trusted"] is False
+    assert out["signer_fingerprint"] == unknown.signer_fingerprint != ""
+    with pytest.raises(SignatureError, match="dopamine trust add"):
+        open_model(package_path, require_trusted=True)
+
+    trust = {signer: TrustedSigner(signer, unknown.signer_fingerprint, "Sender", "added by user", "test")}
+    trusted = open_model(package_path, trust=trust, require_trusted=True)
+    assert trusted.signer_trusted and trusted.predict_image(kit.random_image(2)).to_dict()["signer_trusted"] is True
+    # The forged copy names the same trusted key, but its signature fails: it is refused, never trusted.
+    with pytest.raises(SignatureError):
+        open_model(tampered_path, trust=trust, require_trusted=True)
+    forged = open_model(tampered_path, trust=trust, allow_unverified=True)
+    assert not forged.signature_verified and not forged.signer_trusted
+
+
 def test_png_jpeg_and_dicom_all_predict(package_path, tmp_path, kit):
     predictor = open_model(package_path)
     image = kit.random_image(5, (64, 64))

@@ -164,7 +164,11 @@ def test_resigned_by_someone_else(package_path, key):
     assert package.signature_ok and package.signer_fingerprint == fingerprint(public_key_bytes(stranger))
     with pytest.raises(SignatureError, match=f"signed by an unknown key {fingerprint(public_key_bytes(stranger))}"):
         read_package(package_path, trusted_keys=[public_key_bytes(key)])
-    assert not read_package(package_path, require_signature=False, trusted_keys=[public_key_bytes(key)]).signature_ok
+    # Valid signature and trusted signer are two facts: the signature still verifies, the signer is unknown.
+    shown = read_package(package_path, require_signature=False, trusted_keys=[public_key_bytes(key)])
+    assert shown.signature_ok and shown.signer_trusted is False
+    assert read_package(package_path, trusted_keys=[public_key_bytes(stranger)]).signer_trusted is True
+    assert read_package(package_path).signer_trusted is None  # nobody asked whom to trust
 
 
 def test_missing_or_damaged_signature(package_path):
@@ -173,6 +177,15 @@ def test_missing_or_damaged_signature(package_path):
     with pytest.raises(SignatureError, match="signature.json is missing its Ed25519 signature"):
         read_package(package_path)
     assert not read_package(package_path, require_signature=False).signature_ok
+    # A broken signature is never trusted, even when the key it names would be.
+    record = json.loads(members[SIGNATURE])
+    record["signature"] = base64.b64encode(b"\0" * 64).decode()
+    write_zip(package_path, {**members, SIGNATURE: json.dumps(record).encode()})
+    trusted = [base64.b64decode(record["public_key"])]
+    shown = read_package(package_path, require_signature=False, trusted_keys=trusted)
+    assert not shown.signature_ok and shown.signer_trusted is False
+    with pytest.raises(SignatureError, match="signature does not match"):
+        read_package(package_path, trusted_keys=trusted)
 
 
 @pytest.mark.parametrize(
