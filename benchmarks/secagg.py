@@ -4,7 +4,7 @@ For each number of hospitals K, all measured in one run (ratios are what to comp
 machine is shared and noisy, so every timing is the best of --repeats):
 
 - client_mask_s: one hospital's mask_encoded (K mask expansions, signing), as on its own machine;
-- coordinator_unmask_s: the coordinator's close_masking + unmask answers + finish, with 0 and 1
+- coordinator_unmask_s: the coordinator's close_masking + consistency check + unmask answers + finish, with 0 and 1
   dropouts (a dropout before masking makes it re-expand that hospital's K-1 pairwise masks);
 - bytes per hospital, uploaded and downloaded, by message;
 - raw_aes_ctr_s: AES-256-CTR alone for the bytes a round expands, (K^2 + K) masks of 4d bytes
@@ -106,8 +106,16 @@ def manual_round(params: RoundParams, inputs: list[np.ndarray], drop: set[int]) 
         server.receive_masked_input(masked)
         coordinator += time.perf_counter() - start
     start = time.perf_counter()
-    request = server.close_masking()
+    survivor_set = server.close_masking()
     unmask = time.perf_counter() - start
+    signatures = [
+        send(client.sign_survivors(send(survivor_set, down)), up) for i, client in enumerate(clients) if i not in drop
+    ]
+    start = time.perf_counter()
+    for signature in signatures:
+        server.receive_survivor_signature(signature)
+    request = server.close_consistency()
+    unmask += time.perf_counter() - start
     answers = [
         send(client.unmask(send(request, down)), up) for i, client in enumerate(clients) if i not in drop
     ]

@@ -12,7 +12,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from core.errors import SecAggAborted, SecAggError
 from core.secagg import shamir
-from core.secagg.crypto import ed25519_public_bytes, new_x25519, seal, sign, unseal, x25519_private_bytes
+from core.secagg.crypto import (
+    ed25519_public_bytes,
+    new_x25519,
+    seal,
+    sign,
+    unseal,
+    verify,
+    x25519_private_bytes,
+)
 from core.secagg.encoding import encode
 from core.secagg.messages import (
     SHARE_PLAINTEXT_BYTES,
@@ -21,11 +29,14 @@ from core.secagg.messages import (
     KeyRoster,
     MaskedInput,
     ShareBundle,
+    SurvivorSet,
+    SurvivorSignature,
     UnmaskRequest,
     UnmaskResponse,
+    survivor_fields,
     vector_digest,
 )
-from core.secagg.params import COORDINATOR, RoundParams, check_hospital_id
+from core.secagg.params import COORDINATOR, RoundParams, check_hospital_id, check_threshold_rule
 from core.secagg.prg import SEED_BYTES, MaskExpander
 from core.secagg.roster import (
     Roster,
@@ -37,7 +48,7 @@ from core.secagg.roster import (
     share_key,
 )
 
-NEW, ADVERTISED, SHARED, MASKED, DONE = "new", "advertised", "shared", "masked", "done"
+NEW, ADVERTISED, SHARED, MASKED, SIGNED, DONE = "new", "advertised", "shared", "masked", "signed", "done"
 
 
 @dataclass
@@ -55,10 +66,13 @@ class MaskPlan:
 
 
 class SecAggClient:
-    """One hospital in one round. Call advertise, share_keys, mask_input, unmask in that order.
+    """One hospital in one round. Call advertise, share_keys, mask_input, sign_survivors, unmask in order.
 
-    Each step runs once (the transport resends the bytes it got, it does not call again). A
-    refused input raises SecAggError and leaves the state as it was; nothing secret has left.
+    ``peer_keys`` are the Ed25519 keys of every hospital that may take part (the federation's frozen,
+    signed roster): nobody else's keys or shares are accepted, and the round is refused unless
+    2m > K + t for those K hospitals. Each step runs once (the transport resends the bytes it got,
+    it does not call again). A refused input raises SecAggError and leaves the state as it was;
+    nothing secret has left.
     """
 
     def __init__(
@@ -81,6 +95,7 @@ class SecAggClient:
             raise SecAggError(
                 f"The identity key of {hospital_id} does not match its enrolled key; re-enroll."
             )
+        check_threshold_rule(params.threshold, len(self._peer_keys), params.colluders)
         self._enc_key, self._enc_public = new_x25519()
         self._mask_key, self._mask_public = new_x25519()
         self._self_seed = os.urandom(SEED_BYTES)
@@ -90,6 +105,7 @@ class SecAggClient:
         )
         self._held: dict[str, tuple[int, int]] = {}  # sender -> (key share, seed share), after mask_input
         self._share_keys: dict[str, bytes] = {}  # neighbour -> AES-GCM key for shares, both directions
+        self._signed: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         self.phase = NEW
         self.clipped = 0
 
@@ -142,9 +158,9 @@ class SecAggClient:
                 f"Secure aggregation aborted: only {len(view.ids)} hospitals joined the round, "
                 f"{self.params.threshold} needed; nothing was revealed."
             )
-        holders = sorted(view.holders(me))
+        holders = sorted(view.holders)
         positions = [view.position[h] for h in holders]
-        threshold = view.threshold_for(me)
+        threshold = self.params.threshold
         key_shares = shamir.split(x25519_private_bytes(self._mask_key), threshold, positions)
         seed_shares = shamir.split(self._self_seed, threshold, positions)
         ciphertexts = {}
@@ -178,7 +194,7 @@ class SecAggClient:
         view, me = self._roster, self.hospital_id
         if bundle.recipient != me:
             raise SecAggError(f"Refused a share bundle addressed to {bundle.recipient}, not {me}.")
-        neighbours = view.graph[me]
+        neighbours = view.peers[me]
         x_mine = view.position[me]
         held = {}
         for sender, blob in bundle.ciphertexts.items():
@@ -231,10 +247,10 @@ class SecAggClient:
         held = self._open_bundle(bundle)
         view, me, round_id = self._roster, self.hospital_id, self.params.round_id
         alive = len(held) + 1
-        if alive < view.threshold_for(me):
+        if alive < self.params.threshold:
             raise SecAggAborted(
                 f"Secure aggregation aborted: only {alive} hospitals shared keys with {me}, "
-                f"{view.threshold_for(me)} needed; nothing was revealed."
+                f"{self.params.threshold} needed; nothing was revealed."
             )
         plan = MaskPlan(ring, held, add=[self._self_seed], subtract=[])
         for peer in held:
@@ -249,15 +265,24 @@ class SecAggClient:
         self.phase = MASKED
         return dataclasses.replace(unsigned, signature=signature)
 
-    def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
-        """Step 4: for each neighbour, the self-mask share if it survived or the key share if it dropped.
+    def sign_survivors(self, survivor_set: SurvivorSet) -> SurvivorSignature:
+        """Step 4 (Bonawitz et al.'s consistency check): sign the survivor set this hospital was shown.
 
-        Never both for one neighbour, and only one answer per round: a request that lists a
-        hospital as both, leaves a neighbour out, or names unknown ones is refused.
+        A hospital signs one set per round and later reveals shares only for that set, so a
+        coordinator cannot show different hospitals different survivor sets. Lists that name a
+        hospital twice, leave out or drop this hospital, or name hospitals outside the round, or
+        that hold fewer than m survivors, are refused before anything is signed.
         """
-        self._expect(MASKED, request, UnmaskRequest, "unmask")
+        self._expect(MASKED, survivor_set, SurvivorSet, "sign_survivors")
+        self._check_lists(survivor_set.survivors, survivor_set.dropped)
+        self._signed = (survivor_set.survivors, survivor_set.dropped)
+        self.phase = SIGNED
+        fields = survivor_fields(self.params.round_id, *self._signed)
+        return SurvivorSignature(self.params.round_id, self.hospital_id, sign(self._identity, *fields))
+
+    def _check_lists(self, survivors_list: tuple[str, ...], dropped_list: tuple[str, ...]) -> None:
         view, me = self._roster, self.hospital_id
-        survivors, dropped = set(request.survivors), set(request.dropped)
+        survivors, dropped = set(survivors_list), set(dropped_list)
         both = survivors & dropped
         if both:
             raise SecAggError(
@@ -277,18 +302,46 @@ class SecAggClient:
                 f"{self.params.threshold} needed; nothing was revealed."
             )
         holding = set(self._held) | {me}
-        listed = (survivors | dropped) & view.holders(me)
-        if listed != holding:
-            odd = sorted(listed ^ holding)[0]
+        if survivors | dropped != holding:
+            odd = sorted((survivors | dropped) ^ holding)[0]
             raise SecAggError(
                 f"Refused to unmask: the coordinator's lists disagree with this hospital's view of {odd}."
             )
+
+    def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
+        """Step 5: for each peer, the self-mask share if it survived or the key share if it dropped.
+
+        Only for the survivor set this hospital signed, and only once at least m survivors of that
+        set (this hospital among them) have signed exactly that set. Never both shares for one peer,
+        and one answer per round.
+        """
+        self._expect(SIGNED, request, UnmaskRequest, "unmask")
+        me = self.hospital_id
+        if (request.survivors, request.dropped) != self._signed:
+            raise SecAggError(
+                "Refused to unmask: the coordinator now shows another survivor set than the one this "
+                "hospital signed (it may be showing hospitals different sets)."
+            )
+        fields = survivor_fields(self.params.round_id, *self._signed)
+        valid = {
+            signer
+            for signer, signature in request.signatures.items()
+            if signer in request.survivors and verify(self._peer_keys[signer], signature, *fields)
+        }
+        if me not in valid:
+            raise SecAggError("Refused to unmask: this hospital's own signature on the survivor set is missing.")
+        if len(valid) < self.params.threshold:
+            raise SecAggError(
+                f"Refused to unmask: only {len(valid)} survivors signed this survivor set, "
+                f"{self.params.threshold} needed; nothing was revealed."
+            )
+        survivors, dropped = set(request.survivors), set(request.dropped)
         shares = {**self._held, me: self._own_shares}
         unsigned = UnmaskResponse(
             self.params.round_id,
             me,
-            seed_shares={peer: shares[peer][1] for peer in sorted(survivors & holding)},
-            key_shares={peer: shares[peer][0] for peer in sorted(dropped & holding)},
+            seed_shares={peer: shares[peer][1] for peer in sorted(survivors)},
+            key_shares={peer: shares[peer][0] for peer in sorted(dropped)},
             signature=b"",
         )
         self.phase = DONE

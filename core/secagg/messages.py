@@ -355,11 +355,16 @@ class MaskedInput(Message):
         )
 
 
-@dataclass(frozen=True)
-class UnmaskRequest(Message):
-    """Phase 4, coordinator -> hospitals: who sent a masked input (survivors) and who did not."""
+def survivor_fields(round_id: str, survivors: tuple[str, ...], dropped: tuple[str, ...]) -> tuple[Field, ...]:
+    """What a hospital signs in the consistency step: the exact survivor and dropout lists it was shown."""
+    return ("survivor_set", round_id, "survivors", *survivors, "dropped", *dropped)
 
-    TYPE: ClassVar[str] = "unmask_request"
+
+@dataclass(frozen=True)
+class SurvivorSet(Message):
+    """Phase 3 result, coordinator -> hospitals: who sent a masked input (survivors) and who did not."""
+
+    TYPE: ClassVar[str] = "survivor_set"
     round_id: str
     survivors: tuple[str, ...]
     dropped: tuple[str, ...]
@@ -369,13 +374,72 @@ class UnmaskRequest(Message):
         return {"survivors": list(self.survivors), "dropped": list(self.dropped)}
 
     @classmethod
-    def _from_header(cls, header: dict[str, Any], payload: memoryview) -> UnmaskRequest:
+    def _from_header(cls, header: dict[str, Any], payload: memoryview) -> SurvivorSet:
         _parse_common(header, {"survivors", "dropped"}, coordinator=True)
         _no_payload(payload)
         return cls(
             round_id=header["round_id"],
             survivors=_id_list(header["survivors"], "survivors"),
             dropped=_id_list(header["dropped"], "dropped"),
+        )
+
+
+@dataclass(frozen=True)
+class SurvivorSignature(Message):
+    """Phase 4 (consistency check), hospital -> coordinator: its signature on the survivor set it was shown."""
+
+    TYPE: ClassVar[str] = "survivor_signature"
+    round_id: str
+    sender: str
+    signature: bytes
+
+    def _header(self) -> dict[str, Any]:
+        return {"signature": _b64(self.signature)}
+
+    @classmethod
+    def _from_header(cls, header: dict[str, Any], payload: memoryview) -> SurvivorSignature:
+        _parse_common(header, {"signature"}, coordinator=False)
+        _no_payload(payload)
+        return cls(
+            round_id=header["round_id"],
+            sender=header["sender"],
+            signature=_bytes_field(header["signature"], SIGNATURE_BYTES, "signature"),
+        )
+
+
+@dataclass(frozen=True)
+class UnmaskRequest(Message):
+    """Phase 4 result, coordinator -> hospitals: the survivor set and the survivors' signatures on it.
+
+    A hospital answers only when at least m of them are valid signatures, by survivors, on exactly
+    the set it signed itself.
+    """
+
+    TYPE: ClassVar[str] = "unmask_request"
+    round_id: str
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+    signatures: dict[str, bytes]
+    sender: str = COORDINATOR
+
+    def _header(self) -> dict[str, Any]:
+        return {
+            "survivors": list(self.survivors),
+            "dropped": list(self.dropped),
+            "signatures": {k: _b64(v) for k, v in self.signatures.items()},
+        }
+
+    @classmethod
+    def _from_header(cls, header: dict[str, Any], payload: memoryview) -> UnmaskRequest:
+        _parse_common(header, {"survivors", "dropped", "signatures"}, coordinator=True)
+        _no_payload(payload)
+        return cls(
+            round_id=header["round_id"],
+            survivors=_id_list(header["survivors"], "survivors"),
+            dropped=_id_list(header["dropped"], "dropped"),
+            signatures=_id_map(
+                header["signatures"], "signatures", lambda v: _bytes_field(v, SIGNATURE_BYTES, "signature")
+            ),
         )
 
 
@@ -437,6 +501,8 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         EncryptedShares,
         ShareBundle,
         MaskedInput,
+        SurvivorSet,
+        SurvivorSignature,
         UnmaskRequest,
         UnmaskResponse,
     )

@@ -1,4 +1,9 @@
-"""Round parameters every party of one secure-aggregation round agrees on, and id rules."""
+"""Round parameters every party of one secure-aggregation round agrees on, and id rules.
+
+Only the complete graph is offered: every hospital masks with every other and shares its secrets
+with all of them. With a sparse graph an honest-but-curious coordinator could unmask a connected
+piece of the survivors' graph on its own (a sum over fewer than m hospitals).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +21,6 @@ COORDINATOR = "coordinator"
 HOSPITAL_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 ROUND_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 MAX_VECTOR_LENGTH = 1 << 28  # 1 GiB of uint32: far above any model we train
-MAX_GRAPH_SEED_BYTES = 64
 
 
 def check_hospital_id(value: Any, what: str = "hospital id") -> str:
@@ -41,66 +45,71 @@ def _whole(value: Any, name: str, low: int, high: int) -> int:
     return value
 
 
+def check_threshold_rule(threshold: int, hospitals: int, colluders: int) -> None:
+    """Refuse unless 2m > K + t and m > t (SecAggError saying why).
+
+    With the consistency round (survivors sign the survivor set they were shown, shares are revealed
+    only after m signatures on one set), a coordinator that shows hospitals different survivor sets
+    needs m signatures on each of two sets; honest hospitals sign once, the t colluders twice, so
+    2m > K + t leaves it at most one set. m > t keeps at least one noise share the coalition does not know.
+    """
+    if threshold <= colluders:
+        raise SecAggError(
+            f"Secure aggregation needs the threshold m = {threshold} above the colluding hospitals t = {colluders}."
+        )
+    if 2 * threshold <= hospitals + colluders:
+        raise SecAggError(
+            f"Secure aggregation needs 2m > K + t, but m = {threshold}, K = {hospitals}, t = {colluders}: a lying "
+            f"coordinator could unmask one hospital or a sum over fewer than m; raise m to at least "
+            f"{(hospitals + colluders) // 2 + 1}."
+        )
+
+
 @dataclass(frozen=True)
 class RoundParams:
     """What the coordinator announces for a round; hospitals sign its digest into their keys.
 
     ``threshold`` (m) is the fewest hospitals a sum may be released over (at least 2).
-    ``graph_degree`` None masks every pair; k uses a sparse random graph of degree 2*ceil(k/2).
-    ``graph_seed`` is public; empty means "derived from the round id".
+    ``colluders`` (t) is how many hospitals may collude with the coordinator; every party refuses a
+    round unless 2m > K + t for the K hospitals that may take part (core.secagg.params.check_threshold_rule).
     """
 
     round_id: str
     threshold: int
     vector_length: int
     encoding: FixedPoint
-    graph_degree: int | None = None
-    graph_seed: bytes = b""
+    colluders: int = 0
 
     def __post_init__(self) -> None:
         check_round_id(self.round_id)
         _whole(self.threshold, "threshold", 2, 1 << 20)
+        _whole(self.colluders, "colluders", 0, 1 << 20)
         _whole(self.vector_length, "vector length", 1, MAX_VECTOR_LENGTH)
         if not isinstance(self.encoding, FixedPoint):
             raise SecAggError("Secure-aggregation encoding must be a FixedPoint.")
-        if self.graph_degree is not None:
-            _whole(self.graph_degree, "graph degree", 2, 1 << 20)
-        if not isinstance(self.graph_seed, bytes) or len(self.graph_seed) > MAX_GRAPH_SEED_BYTES:
-            raise SecAggError(f"Secure-aggregation graph seed must be at most {MAX_GRAPH_SEED_BYTES} bytes.")
-
-    @property
-    def effective_graph_seed(self) -> bytes:
-        return self.graph_seed or hashlib.sha256(canonical("graph", self.round_id)).digest()
+        if self.threshold <= self.colluders:
+            raise SecAggError("Secure-aggregation threshold must be above the number of colluding hospitals.")
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "round_id": self.round_id,
             "threshold": self.threshold,
+            "colluders": self.colluders,
             "vector_length": self.vector_length,
             "encoding": self.encoding.to_dict(),
-            "graph_degree": self.graph_degree,
-            "graph_seed": self.graph_seed.hex(),
         }
 
     @classmethod
     def from_dict(cls, data: Any) -> RoundParams:
-        keys = {"round_id", "threshold", "vector_length", "encoding", "graph_degree", "graph_seed"}
+        keys = {"round_id", "threshold", "colluders", "vector_length", "encoding"}
         if not isinstance(data, dict) or set(data) != keys:
             raise SecAggError(f"Invalid secure-aggregation parameters: expected exactly {sorted(keys)}.")
-        seed = data["graph_seed"]
-        if not isinstance(seed, str) or len(seed) > 2 * MAX_GRAPH_SEED_BYTES:
-            raise SecAggError("Invalid secure-aggregation graph seed.")
-        try:
-            seed_bytes = bytes.fromhex(seed)
-        except ValueError as exc:
-            raise SecAggError("Invalid secure-aggregation graph seed: not hex.") from exc
         return cls(
             round_id=data["round_id"],
             threshold=data["threshold"],
             vector_length=data["vector_length"],
             encoding=FixedPoint.from_dict(data["encoding"]),
-            graph_degree=data["graph_degree"],
-            graph_seed=seed_bytes,
+            colluders=data["colluders"],
         )
 
     def digest(self) -> bytes:

@@ -1,4 +1,4 @@
-"""What both sides derive from the accepted advertisements: ids, share positions, graph, seeds."""
+"""What both sides derive from the accepted advertisements: ids, share positions, seeds."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from core.errors import SecAggError
 from core.secagg.crypto import PUBLIC_KEY_BYTES, agree, canonical, verify
-from core.secagg.graph import neighbours, share_threshold
 from core.secagg.messages import AdvertiseKeys
 from core.secagg.params import RoundParams, check_hospital_id
 
@@ -69,7 +68,7 @@ def self_mask_digest(round_id: str, hospital: str, seed: bytes) -> bytes:
 
 
 class Roster:
-    """The round's accepted hospitals and everything derived from them.
+    """The round's accepted hospitals and everything derived from them (the complete graph).
 
     Share positions are 1 + the index in the sorted ids, so every party agrees on them.
     """
@@ -79,17 +78,15 @@ class Roster:
         self.adverts = {advert.sender: advert for advert in sorted(adverts, key=lambda a: a.sender)}
         self.ids = tuple(self.adverts)
         self.position = {hospital: index + 1 for index, hospital in enumerate(self.ids)}
-        self.graph = neighbours(self.ids, params.graph_degree, params.effective_graph_seed)
-        self.sparse = params.graph_degree is not None
+        everyone = frozenset(self.ids)
+        self.peers = {hospital: everyone - {hospital} for hospital in self.ids}
         keys = [a.enc_public for a in self.adverts.values()] + [a.mask_public for a in self.adverts.values()]
         if len(set(keys)) != len(keys):
             raise SecAggError(
                 "Refused the key roster: two round keys are the same (a copied or replayed key)."
             )
 
-    def holders(self, hospital: str) -> frozenset[str]:
-        """Who holds shares of ``hospital``'s secrets: its neighbours and itself."""
-        return self.graph[hospital] | {hospital}
-
-    def threshold_for(self, hospital: str) -> int:
-        return share_threshold(len(self.holders(hospital)), self.params.threshold, self.sparse)
+    @property
+    def holders(self) -> frozenset[str]:
+        """Who holds shares of every hospital's secrets: all of them."""
+        return frozenset(self.ids)

@@ -22,18 +22,22 @@ from core.secagg.messages import (
     MaskedInput,
     Message,
     ShareBundle,
+    SurvivorSet,
+    SurvivorSignature,
     UnmaskRequest,
     UnmaskResponse,
+    survivor_fields,
     vector_digest,
 )
-from core.secagg.params import RoundParams
+from core.secagg.params import RoundParams, check_threshold_rule
 from core.secagg.prg import MaskExpander
 from core.secagg.roster import Roster, check_advert, check_peer_keys, pairwise_seed, self_mask_digest
 
-ADVERTISING, SHARING, MASKING, UNMASKING, DONE, ABORTED = (
+ADVERTISING, SHARING, MASKING, CONSISTENCY, UNMASKING, DONE, ABORTED = (
     "advertising",
     "sharing",
     "masking",
+    "consistency",
     "unmasking",
     "done",
     "aborted",
@@ -58,6 +62,7 @@ class SecAggServer:
             raise SecAggError("Secure-aggregation server needs RoundParams.")
         self.params = params
         self._peer_keys = check_peer_keys(peer_keys)
+        check_threshold_rule(params.threshold, len(self._peer_keys), params.colluders)
         if len(self._peer_keys) > params.encoding.max_hospitals():
             raise SecAggError(
                 f"The encoding allows summing {params.encoding.max_hospitals()} hospitals without overflow, "
@@ -70,6 +75,8 @@ class SecAggServer:
         self._commitments: dict[str, bytes] = {}
         self._sum: np.ndarray | None = None
         self._masked: set[str] = set()
+        self._survivor_set: SurvivorSet | None = None
+        self._survivor_signatures: dict[str, bytes] = {}
         self._request: UnmaskRequest | None = None
         self._seed_shares: dict[str, dict[int, int]] = {}
         self._key_shares: dict[str, dict[int, int]] = {}
@@ -86,6 +93,10 @@ class SecAggServer:
     @property
     def masked(self) -> frozenset[str]:
         return frozenset(self._masked)
+
+    @property
+    def signed(self) -> frozenset[str]:
+        return frozenset(self._survivor_signatures)
 
     @property
     def responded(self) -> frozenset[str]:
@@ -157,7 +168,7 @@ class SecAggServer:
     # Phase 2 ---------------------------------------------------------------------------------
     def receive_shares(self, message: EncryptedShares) -> None:
         self._check(message, EncryptedShares, SHARING, self._adverts.keys(), self._shares)
-        expected = self._roster.graph[message.sender]
+        expected = self._roster.peers[message.sender]
         if set(message.ciphertexts) != expected:
             raise SecAggError(
                 f"Refused the shares of {message.sender}: they are not addressed to exactly its neighbours."
@@ -211,24 +222,47 @@ class SecAggServer:
         np.add(self._sum, vector, out=self._sum)
         self._masked.add(message.sender)
 
-    def close_masking(self) -> UnmaskRequest:
+    def close_masking(self) -> SurvivorSet:
         self._closing(MASKING)
         self._need(len(self._masked), "sent their masked inputs")
-        self._request = UnmaskRequest(
+        self._survivor_set = SurvivorSet(
             self.params.round_id,
             survivors=tuple(sorted(self._masked)),
             dropped=tuple(sorted(set(self._commitments) - self._masked)),
         )
+        self.phase = CONSISTENCY
+        return self._survivor_set
+
+    # Phase 4: consistency check -------------------------------------------------------------
+    def receive_survivor_signature(self, message: SurvivorSignature) -> None:
+        self._check(message, SurvivorSignature, CONSISTENCY, self._masked, self._survivor_signatures)
+        survivor_set = self._survivor_set
+        fields = survivor_fields(self.params.round_id, survivor_set.survivors, survivor_set.dropped)
+        if not verify(self._peer_keys[message.sender], message.signature, *fields):
+            raise SecAggError(
+                f"Refused the survivor-set signature of {message.sender}: it does not sign this round's survivor set."
+            )
+        self._survivor_signatures[message.sender] = message.signature
+
+    def close_consistency(self) -> UnmaskRequest:
+        self._closing(CONSISTENCY)
+        self._need(len(self._survivor_signatures), "signed the survivor set")
+        survivor_set = self._survivor_set
+        self._request = UnmaskRequest(
+            self.params.round_id,
+            survivors=survivor_set.survivors,
+            dropped=survivor_set.dropped,
+            signatures=dict(sorted(self._survivor_signatures.items())),
+        )
         self.phase = UNMASKING
         return self._request
 
-    # Phase 4 ---------------------------------------------------------------------------------
+    # Phase 5 ---------------------------------------------------------------------------------
     def receive_unmask(self, message: UnmaskResponse) -> None:
-        self._check(message, UnmaskResponse, UNMASKING, self._masked, self._responded)
-        holders = self._roster.holders(message.sender)
-        if set(message.seed_shares) != holders & set(self._request.survivors) or set(
-            message.key_shares
-        ) != holders & set(self._request.dropped):
+        self._check(message, UnmaskResponse, UNMASKING, self._survivor_signatures.keys(), self._responded)
+        if set(message.seed_shares) != set(self._request.survivors) or set(message.key_shares) != set(
+            self._request.dropped
+        ):
             raise SecAggError(
                 f"Refused the unmasking answer of {message.sender}: it does not answer the request."
             )
@@ -245,7 +279,7 @@ class SecAggServer:
 
     def _rebuild(self, shares: dict[str, dict[int, int]], owner: str, what: str) -> bytes:
         held = shares.get(owner, {})
-        needed = self._roster.threshold_for(owner)
+        needed = self.params.threshold
         if len(held) < needed:
             raise SecAggAborted(
                 f"Secure aggregation aborted: only {len(held)} hospitals returned the {what} of {owner}, "
@@ -273,7 +307,7 @@ class SecAggServer:
                 key, public = x25519_from_private_bytes(self._rebuild(self._key_shares, owner, "key shares"))
                 if public != roster.adverts[owner].mask_public:
                     raise SecAggError(f"the key shares of {owner} do not match its advertised key")
-                for peer in sorted(roster.graph[owner] & set(survivors)):
+                for peer in sorted(roster.peers[owner] & set(survivors)):
                     # The survivor added +mask when its id sorts first, so undo with the opposite sign.
                     seed = pairwise_seed(key, roster.adverts[peer].mask_public, round_id, peer, owner)
                     (subtract if peer < owner else add).append(seed)

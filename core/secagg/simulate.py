@@ -125,9 +125,12 @@ def run_round(
         ]
     for hospital, masked in zip(alive, masked_inputs, strict=True):
         server.receive_masked_input(upload(hospital, masked))
-    request = _wire(server.close_masking())
+    survivor_set = _wire(server.close_masking())
 
     alive = present(drop_after_masking, alive)
+    for hospital in alive:
+        server.receive_survivor_signature(upload(hospital, clients[hospital].sign_survivors(survivor_set)))
+    request = _wire(server.close_consistency())
     for hospital in alive:
         server.receive_unmask(upload(hospital, clients[hospital].unmask(request)))
     return server.finish()
@@ -140,7 +143,7 @@ def simulate(
     drop_before_masking: Collection[int] = (),
     drop_after_masking: Collection[int] = (),
     bits: int = 32,
-    graph_degree: int | None = None,
+    colluders: int = 0,
     drop_before_advertising: Collection[int] = (),
     drop_before_sharing: Collection[int] = (),
     encoding: FixedPoint | None = None,
@@ -148,7 +151,8 @@ def simulate(
 ) -> np.ndarray:
     """The decoded float sum over the included hospitals of one in-memory round.
 
-    Hospital i gets inputs[i]; drops name hospital indices. Without ``encoding`` the bound is the
+    Hospital i gets inputs[i]; drops name hospital indices (``drop_after_masking``: gone after the
+    masked upload, before the consistency check). Without ``encoding`` the bound is the
     largest |value| in the inputs (nothing is clipped) and the scale the largest that cannot wrap.
     Raises SecAggAborted when fewer than ``threshold`` hospitals remain.
     """
@@ -158,7 +162,7 @@ def simulate(
     if encoding is None:
         bound = max(float(np.max(np.abs(v))) for v in vectors) or 1.0
         encoding = fixed_point_for_bound(bound, len(vectors), bits)
-    params = RoundParams(round_id, threshold, vectors[0].shape[0], encoding, graph_degree=graph_degree)
+    params = RoundParams(round_id, threshold, vectors[0].shape[0], encoding, colluders=colluders)
     result = run_round(
         params,
         vectors,

@@ -7,7 +7,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from core.errors import SecAggAborted, SecAggError
-from core.secagg import UnmaskRequest
+from core.secagg import SurvivorSet, UnmaskRequest
 from core.secagg.crypto import sign
 
 
@@ -20,16 +20,18 @@ def _flip(data: bytes, index: int = 20) -> bytes:
 
 def test_listing_a_peer_as_both_dropped_and_alive_is_refused(manual_round):
     r = manual_round().advertise().share().mask(ids=["h000", "h001", "h002"])
-    assert r.request.dropped == ("h003",)
+    assert r.survivor_set.dropped == ("h003",)
     client = r.clients["h000"]
-    greedy = UnmaskRequest(r.params.round_id, survivors=("h000", "h001", "h002", "h003"), dropped=("h003",))
+    greedy = SurvivorSet(r.params.round_id, survivors=("h000", "h001", "h002", "h003"), dropped=("h003",))
     with pytest.raises(SecAggError, match="both dropped and alive"):
-        client.unmask(greedy)
-    # The honest request is still answered: key share for the dropped peer, seed shares for the rest.
+        client.sign_survivors(greedy)
+    # The honest set is still signed and, once m survivors signed it, answered: the key share for
+    # the dropped peer, seed shares for the rest.
+    r.consistency()
     answer = client.unmask(r.request)
     assert set(answer.key_shares) == {"h003"} and set(answer.seed_shares) == {"h000", "h001", "h002"}
     # One answer per round: asking again with the lists swapped gets nothing.
-    swapped = UnmaskRequest(r.params.round_id, survivors=("h000", "h001", "h003"), dropped=("h002",))
+    swapped = UnmaskRequest(r.params.round_id, ("h000", "h001", "h003"), ("h002",), r.request.signatures)
     with pytest.raises(SecAggError, match="out of order"):
         client.unmask(swapped)
 
@@ -42,17 +44,30 @@ def test_listing_a_peer_as_both_dropped_and_alive_is_refused(manual_round):
         (("h000", "h001", "h002"), ("h003", "h999"), "not in this round"),
     ],
 )
-def test_inconsistent_unmask_requests_are_refused(manual_round, survivors, dropped, match):
+def test_inconsistent_survivor_sets_are_refused(manual_round, survivors, dropped, match):
     r = manual_round().advertise().share().mask(ids=["h000", "h001", "h002"])
     with pytest.raises(SecAggError, match=match):
-        r.clients["h000"].unmask(UnmaskRequest(r.params.round_id, survivors, dropped))
-    assert r.clients["h000"].phase == "masked"  # nothing was answered
+        r.clients["h000"].sign_survivors(SurvivorSet(r.params.round_id, survivors, dropped))
+    assert r.clients["h000"].phase == "masked"  # nothing was signed
 
 
-def test_client_refuses_to_unmask_below_threshold(manual_round):
+def test_client_refuses_to_sign_below_threshold(manual_round):
     r = manual_round(k=5, threshold=3).advertise().share().mask(ids=["h000", "h001", "h002"])
     with pytest.raises(SecAggAborted):
-        r.clients["h000"].unmask(UnmaskRequest(r.params.round_id, ("h000", "h001"), ("h002", "h003", "h004")))
+        r.clients["h000"].sign_survivors(SurvivorSet(r.params.round_id, ("h000", "h001"), ("h002", "h003", "h004")))
+
+
+def test_unmask_needs_m_survivor_signatures_on_the_signed_set(manual_round):
+    r = manual_round(k=5, threshold=3).advertise().share().mask()
+    signatures = {h: r.clients[h].sign_survivors(r.survivor_set).signature for h in ("h000", "h001")}
+    short = UnmaskRequest(r.params.round_id, r.survivor_set.survivors, r.survivor_set.dropped, signatures)
+    with pytest.raises(SecAggError, match="only 2 survivors signed"):
+        r.clients["h000"].unmask(short)
+    # A forged third signature does not count.
+    forged = {**signatures, "h002": sign(Ed25519PrivateKey.generate(), "anything")}
+    with pytest.raises(SecAggError, match="only 2 survivors signed"):
+        r.clients["h000"].unmask(dataclasses.replace(short, signatures=forged))
+    assert r.clients["h000"].phase == "signed"
 
 
 # -- replays ---------------------------------------------------------------------------------------
@@ -78,6 +93,11 @@ def test_replayed_messages_are_refused_at_every_step(manual_round):
     # Too late and repeated: the running sum must not change.
     with pytest.raises(SecAggError):
         r.server.receive_masked_input(r.masked["h000"])
+    signature = r.clients["h000"].sign_survivors(r.survivor_set)
+    r.server.receive_survivor_signature(signature)
+    with pytest.raises(SecAggError, match="repeated"):
+        r.server.receive_survivor_signature(signature)
+    r.consistency(ids=["h001", "h002", "h003"])
     answer = r.clients["h000"].unmask(r.request)
     r.server.receive_unmask(answer)
     with pytest.raises(SecAggError, match="repeated"):
@@ -171,9 +191,14 @@ def test_forged_shares_masked_input_and_answers_are_refused(manual_round):
     r.server.receive_masked_input(masked)
     for h in ("h001", "h002", "h003"):
         r.server.receive_masked_input(r.clients[h].mask_encoded(r.bundles[h], r.inputs[h]))
-    request = r.server.close_masking()
+    r.survivor_set = r.server.close_masking()
+    wrong = r.clients["h000"].sign_survivors(r.survivor_set)
+    with pytest.raises(SecAggError, match="signature"):
+        r.server.receive_survivor_signature(dataclasses.replace(wrong, sender="h001"))
+    r.server.receive_survivor_signature(wrong)
+    r.consistency(ids=["h001", "h002", "h003"])
 
-    answer = r.clients["h000"].unmask(request)
+    answer = r.clients["h000"].unmask(r.request)
     owner = next(iter(answer.seed_shares))
     altered = dataclasses.replace(
         answer, seed_shares={**answer.seed_shares, owner: answer.seed_shares[owner] ^ 1}
@@ -199,7 +224,7 @@ def test_tampered_ciphertext_in_bundle_is_refused(manual_round):
 
 def test_a_lying_hospital_share_aborts_the_round_without_release(manual_round):
     """A hospital that signs a wrong share cannot corrupt the sum: the commitment check aborts."""
-    r = manual_round().advertise().share().mask()
+    r = manual_round().advertise().share().mask().consistency()
     liar = r.clients["h000"].unmask(r.request)
     owner = "h002"
     lie = dataclasses.replace(liar, seed_shares={**liar.seed_shares, owner: (liar.seed_shares[owner] + 1)})
@@ -217,13 +242,13 @@ def test_calls_out_of_order_are_refused(manual_round):
     with pytest.raises(SecAggError, match="cannot finish"):
         r.server.finish()
     with pytest.raises(SecAggError, match="out of order"):
-        r.clients["h000"].unmask(UnmaskRequest(r.params.round_id, ("h000",), ()))
+        r.clients["h000"].unmask(UnmaskRequest(r.params.round_id, ("h000",), (), {}))
     r.advertise()
     with pytest.raises(SecAggError, match="already advertised"):
         r.clients["h000"].advertise()
     with pytest.raises(SecAggError, match="expected MaskedInput"):
         r.server.receive_masked_input(r.clients["h000"].share_keys(r.roster))
-    for early in (r.server.close_advertise, r.server.close_masking, r.server.finish):
+    for early in (r.server.close_advertise, r.server.close_masking, r.server.close_consistency, r.server.finish):
         with pytest.raises(SecAggError, match="step"):
             early()
     assert r.server.phase == "sharing"  # none of that disturbed the round

@@ -16,6 +16,8 @@ from core.secagg import (
     MaskedInput,
     RoundParams,
     ShareBundle,
+    SurvivorSet,
+    SurvivorSignature,
     UnmaskRequest,
     UnmaskResponse,
     fixed_point_for_bound,
@@ -51,7 +53,11 @@ def messages():
     for h in ids:
         found[MaskedInput] = clients[h].mask_input(bundles[h], np.linspace(-1, 1, 10))
         server.receive_masked_input(found[MaskedInput])
-    found[UnmaskRequest] = server.close_masking()
+    found[SurvivorSet] = server.close_masking()
+    for h in ids:
+        found[SurvivorSignature] = clients[h].sign_survivors(found[SurvivorSet])
+        server.receive_survivor_signature(found[SurvivorSignature])
+    found[UnmaskRequest] = server.close_consistency()
     found[UnmaskResponse] = clients["a"].unmask(found[UnmaskRequest])
     return found
 
@@ -130,6 +136,10 @@ def test_hostile_masked_inputs_are_refused(messages, mutate):
         (ShareBundle, lambda h: {**h, "recipient": ""}),
         (UnmaskRequest, lambda h: {**h, "survivors": ["b", "a"]}),
         (UnmaskRequest, lambda h: {**h, "dropped": "a"}),
+        (UnmaskRequest, lambda h: {**h, "signatures": {"a": "AAAA"}}),
+        (SurvivorSet, lambda h: {**h, "survivors": ["a", "a"]}),
+        (SurvivorSignature, lambda h: {**h, "sender": "coordinator"}),
+        (SurvivorSignature, lambda h: {**h, "signature": 7}),
         (UnmaskResponse, lambda h: {**h, "seed_shares": {"a": "//" * 22}}),  # 2^264-ish: outside the field
         (UnmaskResponse, lambda h: {**h, "key_shares": {"a": 12}}),
     ],
@@ -181,17 +191,17 @@ def test_single_bit_flips_never_crash_the_parser(messages, index, bit):
 
 
 def test_round_params_round_trip_and_strictness():
-    params = RoundParams(
-        "fed-1:r3:a0", 3, 100, fixed_point_for_bound(2.0, 5), graph_degree=4, graph_seed=b"\x01\x02"
-    )
+    params = RoundParams("fed-1:r3:a0", 3, 100, fixed_point_for_bound(2.0, 5), colluders=1)
     assert RoundParams.from_dict(json.loads(json.dumps(params.to_dict()))) == params
     assert RoundParams.from_dict(params.to_dict()).digest() == params.digest()
-    assert RoundParams("fed-1:r3:a0", 4, 100, params.encoding).digest() != params.digest()
+    assert RoundParams("fed-1:r3:a0", 4, 100, params.encoding, colluders=1).digest() != params.digest()
+    assert RoundParams("fed-1:r3:a0", 3, 100, params.encoding).digest() != params.digest()
     for bad in (
         {**params.to_dict(), "threshold": 1},
         {**params.to_dict(), "vector_length": 0},
-        {**params.to_dict(), "graph_degree": 1},
-        {**params.to_dict(), "graph_seed": "zz"},
+        {**params.to_dict(), "colluders": 3},  # m must be above t
+        {**params.to_dict(), "colluders": -1},
+        {**params.to_dict(), "graph_degree": 4},  # only the complete graph exists
         {**params.to_dict(), "round_id": "has space"},
         {**params.to_dict(), "unknown": 1},
     ):

@@ -77,9 +77,11 @@ def test_coordinator_state_never_holds_an_unmasked_vector(manual_round):
     for h in ("h000", "h001", "h002", "h003"):  # h004 drops before masking
         r.server.receive_masked_input(r.clients[h].mask_encoded(r.bundles[h], r.inputs[h]))
         check()
-    r.request = r.server.close_masking()
+    r.survivor_set = r.server.close_masking()
     check()
-    for h in ("h000", "h001", "h002"):  # h003 drops after masking: still included
+    r.consistency(ids=["h000", "h001", "h002"])  # h003 drops after masking: still included
+    check()
+    for h in ("h000", "h001", "h002"):
         r.server.receive_unmask(r.clients[h].unmask(r.request))
         check()
     result = r.server.finish()
