@@ -128,8 +128,8 @@ def coordinator_memory(root: Path, *, hospitals: int, model: str, image_size: in
 
     def join(invitation: Path, number: int) -> None:
         try:
-            client.run(client.JoinConfig(invitation=invitation, data=data, workdir=folder / f"h{number:03d}",
-                                         max_epsilon=1e6, poll_wait_s=10.0, threads=1))
+            client.run(client.JoinConfig(invitation=invitation, data=data, home=folder / f"h{number:03d}",
+                                         max_epsilon=1e6, accept_roster="any", poll_wait_s=10.0, threads=1))
         except BaseException as exc:  # noqa: BLE001 -- reported below
             errors.append(exc)
 

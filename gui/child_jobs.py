@@ -58,7 +58,7 @@ def _train_result(data: dict) -> Any:
 def _join_child(args: dict, progress: ProgressFn, cancel: CancelToken, emit: Callable[[dict], None]) -> dict:
     from core.federation.client import JoinConfig, run
 
-    paths = {"invitation", "data", "workdir", "labels_csv", "ledger"}
+    paths = {"invitation", "data", "home", "labels_csv"}
     config = JoinConfig(**{k: Path(v) if k in paths and v is not None else v for k, v in args["config"].items()})
     result = run(config, progress=progress, cancel=cancel, on_event=lambda event: emit(event.to_dict()))
     return result.to_dict()

@@ -1,10 +1,10 @@
 """Worker-thread jobs for the Federation page: review an invitation, run the client, ask the coordinator.
 
 ``review_invitation`` reads the invitation and works out, before joining, what taking part costs this
-hospital against its ledger. ``join`` runs core.federation.client.run against the hospital's single
-privacy ledger. ``coordinator_view`` asks the coordinator (a signed GET: nothing of the hospital's is
-sent) for the round, phase, participants and the enrolled hospitals' identity keys, whose
-fingerprints are computed here from the keys for out-of-band comparison.
+hospital against its ledger. ``join`` runs core.federation.client.run in the hospital home (its one
+ledger, audit log and identity key). ``coordinator_view`` asks the coordinator (a signed GET: nothing of
+the hospital's is sent) for the round, phase, participants and the enrolled hospitals' identity keys,
+whose fingerprints are computed here from the keys for out-of-band comparison.
 """
 
 from __future__ import annotations
@@ -16,22 +16,12 @@ from typing import Any
 
 from gui.ledger_jobs import LedgerSnapshot, PlanVerdict, check_plan, read_ledger
 
-# File names inside the client's work folder (documented in core.federation.client's docstring).
-IDENTITY_FILE = "identity.key"
-CA_FILE = "ca.pem"
-
-
-def federation_workdir(federations_folder: Path, invitation: Any) -> Path:
-    """One folder per federation and invited hospital, named so a person can tell them apart."""
-    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in invitation.federation_name)[:40]
-    return Path(federations_folder) / f"{safe}-{invitation.federation_id}-{invitation.hospital_id}"
-
 
 @dataclass
 class InvitationReview:
     path: Path
     invitation: Any  # core.federation.invitation.Invitation
-    workdir: Path
+    workdir: Path  # this hospital's folder for the federation, inside its home
     resumable: bool  # this hospital already started in this federation (join resumes it)
     ledger: LedgerSnapshot
     num_images: int | None
@@ -45,17 +35,19 @@ class InvitationReview:
         return self.invitation.plan.is_private
 
 
-def review_invitation(path: Path, *, num_images: int | None, ledger_path: Path,
-                      federations_folder: Path) -> InvitationReview:
+def review_invitation(path: Path, *, num_images: int | None, home: Any) -> InvitationReview:
+    """``home``: the hospital home (core.home.HospitalHome)."""
+    from core.federation.client import membership_folder
     from core.federation.invitation import read_invitation
     from core.federation.plan import hospital_privacy_cost, plan_cost
 
     invitation = read_invitation(Path(path))
     plan = invitation.plan
+    ledger_path = home.ledger
     ledger = read_ledger(ledger_path)
     accountant = ledger.accountant if ledger.exists else plan.accountant
-    workdir = federation_workdir(federations_folder, invitation)
-    resumable = (workdir / IDENTITY_FILE).exists()
+    workdir = membership_folder(home, invitation)
+    resumable = (workdir / "state.json").exists()
     review = InvitationReview(Path(path), invitation, workdir, resumable, ledger, num_images, accountant,
                               None, None)
     if num_images is None:
@@ -66,9 +58,6 @@ def review_invitation(path: Path, *, num_images: int | None, ledger_path: Path,
     if ledger.max_epsilon is None:
         review.problem = ("This federation uses differential privacy: set this hospital's privacy cap on the "
                           "Privacy page first.")
-    elif ledger.delta is not None and ledger.delta != plan.delta:
-        review.problem = (f"The federation's δ = {plan.delta:g} differs from this hospital's ledger "
-                          f"(δ = {ledger.delta:g}); ask the coordinator, or change δ on the Privacy page.")
     if plan.mode == "fpdp" and num_images is None:
         return review
     count = num_images or 1  # FSCDP's cost does not depend on the image count
@@ -79,17 +68,17 @@ def review_invitation(path: Path, *, num_images: int | None, ledger_path: Path,
     return review
 
 
-def join(review: InvitationReview, *, data: Path, ledger_path: Path, threads: int,
+def join(review: InvitationReview, *, data: Path, home: Path, threads: int, accept_roster: str | None,
          progress, cancel, on_event) -> Any:
     """Take part (or resume taking part) in the federation, in a child process; returns core's JoinResult.
 
-    The arguments are core.federation.client.JoinConfig's (see gui.child_jobs for why a child process).
+    The arguments are core.federation.client.JoinConfig's (see gui.child_jobs for why a child process):
+    the ledger's own cap limits the run; ``accept_roster`` is the roster code the user confirmed.
     """
     from gui.child_jobs import run_child
 
-    config = {"invitation": str(review.path), "data": str(data), "workdir": str(review.workdir),
-              "max_epsilon": review.ledger.max_epsilon if review.private else None,
-              "ledger": str(ledger_path), "accountant": review.accountant, "threads": threads}
+    config = {"invitation": str(review.path), "data": str(data), "home": str(home),
+              "accept_roster": accept_roster, "accountant": review.accountant, "threads": threads}
     return run_child("join", {"config": config}, progress=progress, cancel=cancel, on_event=on_event)
 
 
@@ -116,7 +105,7 @@ class CoordinatorView:
     peers: list[Peer] = field(default_factory=list)
 
 
-def coordinator_view(invitation_path: Path, workdir: Path, *, cancel) -> CoordinatorView:
+def coordinator_view(invitation_path: Path, workdir: Path, home: Any, *, cancel) -> CoordinatorView:
     """The coordinator's public status and the enrolled hospitals (needs this hospital enrolled)."""
     from core.federation.invitation import read_invitation
     from core.federation.transport import CoordinatorConnection
@@ -124,8 +113,8 @@ def coordinator_view(invitation_path: Path, workdir: Path, *, cancel) -> Coordin
 
     invitation = read_invitation(Path(invitation_path))
     connection = CoordinatorConnection(
-        invitation.coordinator_url, Path(workdir) / CA_FILE, federation_id=invitation.federation_id,
-        hospital_id=invitation.hospital_id, key=load_private_key(Path(workdir) / IDENTITY_FILE), cancel=cancel,
+        invitation.coordinator_url, Path(workdir) / "ca.pem", federation_id=invitation.federation_id,
+        hospital_id=invitation.hospital_id, key=load_private_key(home.identity_key), cancel=cancel,
         read_timeout_s=20.0, give_up_after_s=10.0)
     try:
         status = connection.get_json("/v1/status")

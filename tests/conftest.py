@@ -5,6 +5,11 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import socket  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -48,3 +53,33 @@ def _write_mono_dicom(path, pixels, **fields) -> None:
 def write_mono_dicom():
     """Write an 8-bit single-frame monochrome DICOM file with extra header ``fields`` (inference and viewer tests)."""
     return _write_mono_dicom
+
+
+@contextmanager
+def run_https_server(app, certfile, keyfile, port: int | None = None):
+    if port is None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+    import uvicorn
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, ssl_certfile=str(certfile), ssl_keyfile=str(keyfile),
+                            log_level="warning", lifespan="on", http="h11", timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "test server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"https://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def https_server():
+    """``with https_server(app, certfile, keyfile) as url:`` serves ``app`` over TLS in a thread."""
+    return run_https_server

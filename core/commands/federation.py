@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from core.commands.home import add_home_option, home_of
 from core.commands.progress import progress_bar
 
 
@@ -24,7 +25,13 @@ def _add_plan_options(parser: argparse.ArgumentParser, *, simulate: bool = False
     parser.add_argument("--model", default="small_cnn", help="squeezenet1_1 | resnet18_gn | small_cnn")
     parser.add_argument("--rounds", type=int, required=not simulate, help="number of rounds")
     parser.add_argument("--threshold", type=int,
-                        help="m: fewest hospitals a sum is released over (default: about 2/3 of them, at least 2)")
+                        help="m: fewest hospitals a sum is released over (default: about 2/3 of them, at least 2, "
+                             "and 2m > K + t)")
+    parser.add_argument("--colluders", type=int,
+                        help="t: hospitals that may collude with the coordinator; each adds noise sigma*C/sqrt(m - t) "
+                             "(default 1 with 2 or more hospitals; 0 protects only against the coordinator)")
+    parser.add_argument("--max-attempts", type=int,
+                        help="attempts of one round a hospital takes part in, each charged (default 5)")
     parser.add_argument("--noise-multiplier", type=float, help="sigma (fpdp, fscdp)")
     parser.add_argument("--max-grad-norm", type=float, help="per-example clipping norm C (fpdp, fscdp)")
     parser.add_argument("--sample-rate", type=float, help="q: Poisson sample rate per round (fscdp)")
@@ -82,10 +89,13 @@ def register(subparsers) -> None:
     join.add_argument("invitation", type=Path, help="the invitation file from the coordinator")
     join.add_argument("--data", type=Path, required=True, help="this hospital's labelled image folder")
     join.add_argument("--labels-csv", type=Path)
-    join.add_argument("--workdir", type=Path, required=True,
-                      help="folder for this membership: identity key, ledger, audit log, models (reuse it to resume)")
-    join.add_argument("--max-epsilon", type=float, help="this hospital's privacy cap (required for fpdp/fscdp)")
-    join.add_argument("--ledger", type=Path, help="privacy ledger (default: WORKDIR/ledger.sqlite)")
+    add_home_option(join)
+    join.add_argument("--max-epsilon", type=float,
+                      help="this run's privacy limit; sets the hospital's cap only if its ledger has none yet "
+                           "(required for fpdp/fscdp then); never raises the cap")
+    join.add_argument("--accept-roster", metavar="CODE",
+                      help="the roster code this hospital confirmed after comparing every peer's fingerprint with "
+                           "that hospital (printed by a first run); 'any' skips the check (simulations only)")
     join.add_argument("--threads", type=int, help="CPU threads for local training")
     join.add_argument("--events-jsonl", action="store_true", help="print every event as one JSON line on stdout")
     join.add_argument("--json", action="store_true", help="print the result as one JSON object at the end")
@@ -105,10 +115,15 @@ def register(subparsers) -> None:
     simulate.add_argument("--json", type=Path, metavar="OUT", help="write the results as one JSON object")
     simulate.set_defaults(func=_simulate)
 
-    audit = subparsers.add_parser("audit", help="check a hospital's audit log of everything it sent")
+    audit = subparsers.add_parser("audit", help="check a hospital's signed audit log of everything it sent")
     audit_sub = audit.add_subparsers(dest="audit_command", metavar="COMMAND", required=True)
-    verify = audit_sub.add_parser("verify", help="check the hash chain of WORKDIR/audit.jsonl")
-    verify.add_argument("workdir", type=Path, help="the work folder used with `dopamine join` (or the .jsonl file)")
+    verify = audit_sub.add_parser("verify", help="check the hash chain and the signatures of the home's audit log")
+    verify.add_argument("path", type=Path, nargs="?",
+                        help="an audit log file, or a hospital home folder (default: the home's audit log)")
+    add_home_option(verify)
+    verify.add_argument("--public-key", metavar="HEX",
+                        help="the signing hospital's raw Ed25519 public key, 64 hex digits (default: the home's "
+                             "identity key, when the log is the home's)")
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=_audit_verify)
 
@@ -118,7 +133,8 @@ def _init(args: argparse.Namespace) -> int:
 
     result = init_federation(InitConfig(
         folder=args.folder, name=args.name, mode=args.mode, rounds=args.rounds, hospitals=args.hospitals,
-        hosts=_hosts(args.host), port=args.port, threshold=args.threshold, model=args.model,
+        hosts=_hosts(args.host), port=args.port, threshold=args.threshold, colluders=args.colluders,
+        max_attempts=args.max_attempts, model=args.model,
         image_size=args.image_size, noise_multiplier=args.noise_multiplier, max_grad_norm=args.max_grad_norm,
         sample_rate=args.sample_rate, batch_size=args.batch_size, local_epochs=args.local_epochs, lr=args.lr,
         momentum=args.momentum, server_lr=args.server_lr, server_momentum=args.server_momentum,
@@ -178,6 +194,15 @@ def _print_event(event) -> None:
                   "(securely aggregated if the plan says so).")
     elif isinstance(event, ev.Enrolled):
         print(f"Enrolled as {event.hospital_id} ({event.hospital_name}); identity key {event.fingerprint}")
+    elif isinstance(event, ev.RosterReview):
+        print(f"Every hospital has enrolled in {event.federation_name}. The roster:")
+        for h in event.hospitals:
+            mark = "  (this hospital)" if h["this_hospital"] else ""
+            print(f"  {h['hospital_id']} {h['name']}: {h['num_images']} images, key {h['fingerprint']}{mark}")
+        print(event.threat_model)
+        print("Call each hospital and compare its key fingerprint above with the one it reads out. Only if all "
+              "match, run this command again with")
+        print(f"  --accept-roster '{event.code}'")
     elif isinstance(event, ev.ModelReceived):
         shown = ", ".join(f"{k} {event.metrics[k]:.4f}" for k in ("accuracy", "kappa") if isinstance(event.metrics.get(k), float))
         print(f"Round {event.round} done" + (f": {shown}" if shown else "") + ("" if event.included else " (without us)"))
@@ -195,8 +220,9 @@ def _print_event(event) -> None:
 def _join(args: argparse.Namespace) -> int:
     from core.federation.client import JoinConfig, run
 
-    config = JoinConfig(invitation=args.invitation, data=args.data, workdir=args.workdir, max_epsilon=args.max_epsilon,
-                        labels_csv=args.labels_csv, ledger=args.ledger, threads=args.threads)
+    config = JoinConfig(invitation=args.invitation, data=args.data, home=home_of(args).root,
+                        max_epsilon=args.max_epsilon, accept_roster=args.accept_roster, labels_csv=args.labels_csv,
+                        threads=args.threads)
 
     def on_event(event) -> None:
         if args.events_jsonl:
@@ -209,6 +235,8 @@ def _join(args: argparse.Namespace) -> int:
         result = run(config, progress=progress, on_event=on_event)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
+    if result.reason == "roster":
+        return 3  # waiting for this hospital's people to confirm the roster: run again with --accept-roster
     return 1 if result.reason == "stopped" else 0  # declining at the cap is this hospital's choice, not an error
 
 
@@ -217,6 +245,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
     config = SimulationConfig(
         hospitals=args.hospitals, mode=args.mode, rounds=args.rounds, drops=[parse_drop(d) for d in args.drop],
+        colluders=args.colluders, max_attempts=args.max_attempts,
         restart_dropped_after_s=args.restart_dropped, per_hospital=args.per_hospital, test_images=args.test_images,
         image_size=args.image_size or 64, model=args.model, workdir=args.workdir, seed=args.seed,
         threshold=args.threshold, sample_rate=args.sample_rate, batch_size=args.batch_size,
@@ -245,14 +274,38 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from core.federation.audit import verify_audit_log
+    from core.audit import verify_audit_log
+    from core.errors import AuditLogError
+    from core.home import HospitalHome
 
-    path = args.workdir / "audit.jsonl" if args.workdir.is_dir() else args.workdir
-    result = verify_audit_log(path)
+    home = home_of(args)
+    path = args.path
+    if path is None:
+        path = home.audit_log
+    elif path.is_dir():
+        if args.home is None and (path / "audit.jsonl").exists():
+            home = HospitalHome.at(path)  # a home folder given as PATH: check it with its own key
+        path = path / "audit.jsonl"
+    public_key = None
+    key_source = ""
+    if args.public_key:
+        try:
+            public_key = bytes.fromhex(args.public_key.replace(" ", ""))
+        except ValueError:
+            raise AuditLogError("--public-key takes the raw Ed25519 public key as 64 hex digits.") from None
+        key_source = "--public-key"
+    elif Path(path).resolve() == home.audit_log.resolve() and home.identity_key.exists():
+        from core.signing import load_private_key, public_key_bytes
+
+        public_key = public_key_bytes(load_private_key(home.identity_key))
+        key_source = str(home.identity_key)
+    result = verify_audit_log(path, public_key)
     if args.json:
         print(json.dumps({"path": str(path), "ok": result.ok, "entries": result.entries,
                           "total_bytes": result.total_bytes, "broken_at_line": result.broken_at_line,
-                          "reason": result.reason}, indent=2))
+                          "reason": result.reason, "signatures_checked": result.signatures_checked,
+                          "signer_fingerprint": result.signer_fingerprint, "key_source": key_source},
+                         indent=2))
     else:
         print(result.to_text())
     return 0 if result.ok else 1

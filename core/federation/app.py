@@ -8,6 +8,8 @@ Routes (all JSON unless noted)::
     POST /v1/enroll                                 bind an invitation token to the signing key
     GET  /v1/plan                                   the plan and its hash
     GET  /v1/hospitals                              enrolled hospitals' key fingerprints
+    GET  /v1/roster                                 the frozen roster and the hospitals' signatures on it
+    POST /v1/roster/signature                       this hospital's signature on the roster
     GET  /v1/state?since=ETAG&wait=SECONDS          long poll: what this hospital should do now
     GET  /v1/presence?wait=SECONDS                  held open while the hospital runs (liveness)
     GET  /v1/models/{round}.dpm                     signed global model after `round` rounds (binary)
@@ -183,6 +185,23 @@ def create_app(coordinator: Coordinator) -> FastAPI:
     async def hospitals(request: Request) -> dict:
         await authenticate(request)
         return {"hospitals": coordinator.peers()}
+
+    @app.get("/v1/roster")
+    async def roster(request: Request) -> dict:
+        await authenticate(request)
+        return coordinator.roster_view()
+
+    @app.post("/v1/roster/signature", openapi_extra=JSON_BODY)
+    async def roster_signature(request: Request) -> dict:
+        hospital_id, body = await authenticate(request, limit=CONTROL_BODY_LIMIT)
+        data = _json_body(body)
+        try:
+            digest = str(data["digest"])
+            signature = base64.b64decode(str(data["signature"]), validate=True)
+        except (KeyError, ValueError) as exc:
+            raise HTTPException(400, "A roster signature needs digest (hex) and signature (base64).") from exc
+        await run_in_threadpool(coordinator.sign_roster, hospital_id, digest, signature)
+        return {"ok": True}
 
     @app.get("/v1/status")
     async def status(request: Request) -> dict:

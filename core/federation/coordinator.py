@@ -4,10 +4,16 @@ One ``Coordinator`` per federation folder. Request handlers call ``enroll``, ``s
 ``leave``, ``decline`` and read ``view(hospital_id)``; one background thread (``start``) closes
 phases when everybody expected has answered or the deadline passed, aggregates and publishes.
 
-Rounds (DESIGN §2). With secure aggregation a round has four steps, each a message from every
-participant followed by the coordinator's answer: ``advertise`` (keys) -> roster, ``share``
-(encrypted key shares) -> one bundle per hospital, ``mask`` (the masked update) -> unmask
-request, ``unmask`` (shares of dropouts' secrets) -> the sum. Without it, a single ``update`` step
+Enrollment closes when every invited hospital enrolled (or, with a start timeout, at least m did).
+With secure aggregation the coordinator then freezes the roster (core.federation.roster) and
+waits, in status "confirming", until every hospital of the roster has signed it; only then does
+round 1 open, and only roster keys take part in secure aggregation.
+
+Rounds (DESIGN §2). With secure aggregation a round has five steps, each a message from every
+participant followed by the coordinator's answer: ``advertise`` (keys) -> key roster, ``share``
+(encrypted key shares) -> one bundle per hospital, ``mask`` (the masked update) -> survivor set,
+``consistency`` (each survivor's signature on that set) -> unmask request with the signatures,
+``unmask`` (shares) -> the sum. Without it, a single ``update`` step
 carries each hospital's model delta. Every accepted message is committed to SQLite before it is
 acknowledged; after a restart the open round's messages are replayed into a fresh state machine.
 A round whose secure aggregation aborts (fewer than m hospitals left) is tried again as a new
@@ -24,7 +30,6 @@ import base64
 import datetime as dt
 import hashlib
 import logging
-import math
 import secrets
 import threading
 import time
@@ -38,11 +43,12 @@ from core import __version__
 from core.config import atomic_write_bytes
 from core.errors import DopamineError, FederationError, SecAggAborted, SecAggError
 from core.federation.layout import FederationPaths, load_settings
-from core.federation.plan import fpdp_round_cost, load_plan, plan_hash
+from core.federation.plan import fpdp_round_cost, load_plan, plan_hash, threat_model_text
+from core.federation.roster import FederationRoster, RosterEntry, roster_message, secagg_params
 
 log = logging.getLogger("dopamine.coordinator")
 
-SECAGG_STEPS = ("advertise", "share", "mask", "unmask")
+SECAGG_STEPS = ("advertise", "share", "mask", "consistency", "unmask")
 PLAIN_STEPS = ("update",)
 CONTROL_BODY_LIMIT = 64 * 1024
 LONG_POLL_S = 20.0
@@ -109,6 +115,7 @@ class Coordinator:
         self._epsilon_cache: dict[tuple[float, int], float] = {}
         self._hospitals = {h.hospital_id: h for h in self.store.hospitals()}
         self._meta = self.store.all_meta()
+        self.roster = FederationRoster.from_dict(self._meta["roster"]) if self._meta.get("roster") else None
         self._load_global_model()
         last = self.store.last_round()
         self._last_round = {"round": last.round, "included": last.included, "metrics": last.metrics} if last else None
@@ -206,6 +213,8 @@ class Coordinator:
             "model_round": self._meta.get("model_round", 0),
             "invitations": self.store.invitation_count(),
             "hospitals": hospitals,
+            "roster_code": self.roster.code if self.roster else "",
+            "roster_signed": sorted(self._meta.get("roster_signatures", {})),
             "last_round": last.to_dict() if last else None,
         }
 
@@ -223,7 +232,7 @@ class Coordinator:
 
     def broadcast_for(self, hospital_id: str, round: int, attempt: int, step: str) -> bytes:
         """The coordinator's answer to ``step`` (roster, share bundle, unmask request) for this hospital."""
-        if step not in ("advertise", "share", "mask"):
+        if step not in ("advertise", "share", "mask", "consistency"):
             raise Refused(404, f"There is no coordinator answer for step {step!r}.")
         body = self.store.broadcast(round, attempt, step, hospital_id)
         if body is None:
@@ -291,6 +300,52 @@ class Coordinator:
             self.touch(hospital_id)
             self._changed()
             return self._enrollment_answer(self._hospitals[hospital_id])
+
+    # -- the roster -----------------------------------------------------------------------------
+
+    def roster_view(self) -> dict:
+        """The frozen roster (None while enrolling) and the hospitals' signatures on it."""
+        signatures = self._meta.get("roster_signatures", {})
+        return {"status": self.status, "roster": self.roster.to_dict() if self.roster else None,
+                "digest": self.roster.digest() if self.roster else "", "signatures": dict(signatures)}
+
+    def sign_roster(self, hospital_id: str, digest: str, signature: bytes) -> None:
+        """A hospital's signature on the roster; round 1 opens once every hospital of it has signed."""
+        from core.signing import verify
+
+        with self._lock:
+            if self.roster is None:
+                raise Refused(409, "The roster is not frozen yet: not every hospital has enrolled.")
+            entry = self.roster.entry(hospital_id)
+            if entry is None:
+                raise Refused(403, "This hospital is not on the federation's roster.")
+            if digest != self.roster.digest():
+                raise Refused(409, "This signature is for another roster than the frozen one.")
+            if not verify(entry.public_key, signature, roster_message(digest)):
+                raise Refused(400, "The roster signature does not verify with this hospital's identity key.")
+            signatures = dict(self._meta.get("roster_signatures", {}))
+            if hospital_id in signatures:
+                return
+            signatures[hospital_id] = base64.b64encode(signature).decode()
+            with self.store.transaction() as db:
+                self.store.set_meta(db, {"roster_signatures": signatures})
+            self._meta["roster_signatures"] = signatures
+            log.info("%s signed the roster (%d of %d)", hospital_id, len(signatures), len(self.roster.entries))
+            self._changed()
+        self._kick.set()
+
+    def _freeze_roster(self) -> None:
+        entries = tuple(RosterEntry(h.hospital_id, h.name, h.public_key, h.num_images)
+                        for h in sorted(self._hospitals.values(), key=lambda h: h.hospital_id))
+        self.roster = FederationRoster(self.federation_id, self.plan_hash, entries)
+        meta = {"roster": self.roster.to_dict(), "roster_signatures": {}, "status": "confirming",
+                "max_images": self.roster.max_images}
+        with self.store.transaction() as db:
+            self.store.set_meta(db, meta)
+        self._meta.update(meta)
+        log.info("roster frozen with %d hospitals (code %s); waiting for their signatures",
+                 len(entries), self.roster.code)
+        self._changed()
 
     def _enrollment_answer(self, record) -> dict:
         return {"hospital_id": record.hospital_id, "name": record.name, "fingerprint": record.fingerprint,
@@ -368,12 +423,13 @@ class Coordinator:
             raise Refused(409, f"This hospital left round {round}; it can take part in the next one.")
 
     def _receive_secagg(self, hospital_id: str, step: str, body: bytes) -> None:
-        from core.secagg import AdvertiseKeys, EncryptedShares, MaskedInput, UnmaskResponse
+        from core.secagg import AdvertiseKeys, EncryptedShares, MaskedInput, SurvivorSignature, UnmaskResponse
 
         cls, receive = {
             "advertise": (AdvertiseKeys, self._server.receive_advertise),
             "share": (EncryptedShares, self._server.receive_shares),
             "mask": (MaskedInput, self._server.receive_masked_input),
+            "consistency": (SurvivorSignature, self._server.receive_survivor_signature),
             "unmask": (UnmaskResponse, self._server.receive_unmask),
         }[step]
         try:
@@ -401,38 +457,19 @@ class Coordinator:
         if step == self.steps[0]:
             return set(self._meta.get("expected", []))
         server = self._server
-        return set({"share": server.advertised, "mask": server.shared, "unmask": server.masked}[step])
+        return set({"share": server.advertised, "mask": server.shared, "consistency": server.masked,
+                    "unmask": server.signed}[step])
 
     def _active_ids(self) -> list[str]:
         return [h for h, rec in self._hospitals.items() if rec.status == "active"]
 
     def _round_params(self, round: int, attempt: int):
-        from core.secagg import RoundParams, derive_encoding, fixed_point_for_bound
-
-        plan = self.plan
-        hospitals = plan.hospitals
-        if plan.mode == "fscdp":
-            # Every coordinate of a clipped-gradient sum is within C times the batch size, and a batch
-            # never holds more than the hospital's images: no value is ever clipped by the encoding.
-            encoding = derive_encoding(
-                max_grad_norm=float(plan.max_grad_norm), max_batch_size=max(1, int(self._meta.get("max_images", 1))),
-                noise_std=self.noise_std_per_hospital(), num_hospitals=hospitals)
-        else:
-            encoding = fixed_point_for_bound(float(plan.update_bound), hospitals)
-        return RoundParams(round_id=f"{self.federation_id}:r{round}:a{attempt}", threshold=plan.threshold,
-                           vector_length=self.layout.length, encoding=encoding)
-
-    def noise_std_per_hospital(self) -> float:
-        plan = self.plan
-        return float(plan.noise_multiplier) * float(plan.max_grad_norm) / math.sqrt(plan.threshold)
-
-    def _peer_keys(self) -> dict[str, bytes]:
-        return {h: rec.public_key for h, rec in self._hospitals.items()}
+        return secagg_params(self.plan, self.roster, round, attempt, self.layout.length)
 
     def _new_server(self):
         from core.secagg import SecAggServer
 
-        return SecAggServer(self._round_params(self._meta["round"], self._meta["attempt"]), self._peer_keys())
+        return SecAggServer(self._round_params(self._meta["round"], self._meta["attempt"]), self.roster.keys())
 
     def _resume_round(self) -> None:
         """Rebuild the open attempt's in-memory state from SQLite (after a restart)."""
@@ -501,6 +538,8 @@ class Coordinator:
         status = self.status
         if status == "enrolling":
             return self._maybe_start(now)
+        if status == "confirming":
+            return self._maybe_confirmed()
         if status != "running":
             return False
         active = self._active_ids()
@@ -524,10 +563,19 @@ class Coordinator:
         if enrolled >= self.plan.hospitals or (
             timeout is not None and now - self._started_at >= timeout and enrolled >= self.plan.threshold
         ):
+            if self.plan.secagg:
+                self._freeze_roster()  # round 1 opens once every hospital of the roster signed it
+                return True
             self._meta["max_images"] = max(h.num_images for h in self._hospitals.values())
             self._open_attempt(round=self._meta.get("model_round", 0) + 1, attempt=1, first=True)
             return True
         return False
+
+    def _maybe_confirmed(self) -> bool:
+        if set(self._meta.get("roster_signatures", {})) < set(self.roster.ids):
+            return False
+        self._open_attempt(round=self._meta.get("model_round", 0) + 1, attempt=1, first=True)
+        return True
 
     def _phase_timeout(self, step: str) -> float:
         return self.settings.compute_phase_timeout_s if step in ("mask", "update") else self.settings.key_phase_timeout_s
@@ -589,6 +637,8 @@ class Coordinator:
             return {h: bundle.to_bytes() for h, bundle in server.close_sharing().items()}
         if step == "mask":
             return {"*": server.close_masking().to_bytes()}
+        if step == "consistency":
+            return {"*": server.close_consistency().to_bytes()}
         raise AssertionError(step)
 
     def _abort_attempt(self, reason: str) -> None:
@@ -599,7 +649,7 @@ class Coordinator:
             self._server = None
         with self.store.transaction() as db:
             self.store.delete_attempt_data(db, round, attempt)
-        if attempt >= self.settings.max_attempts_per_round:
+        if attempt >= self.plan.max_attempts:
             self._stop_federation(f"round {round} failed {attempt} times (last: {reason})")
             return
         self._open_attempt(round=round, attempt=attempt + 1, first=False)
@@ -743,7 +793,8 @@ class Coordinator:
             image_counts={h.name: h.num_images for h in contributors},
             metrics={"evaluation": metrics} if metrics else {},
             created=_iso(), software_version=__version__,
-            description=f"Federated {plan.mode.upper()} model of {plan.name}, round {round} of {plan.rounds}",
+            description=f"Federated {plan.mode.upper()} model of {plan.name}, round {round} of {plan.rounds}. "
+                        f"{threat_model_text(plan)}",
         )
         return write_package(self.paths.model_package(round), self._state_dict(self._weights), card, self.signing_key)
 

@@ -47,6 +47,22 @@ class Enrolled(FederationEvent):
 
 
 @dataclass(frozen=True)
+class RosterReview(FederationEvent):
+    """Every hospital enrolled: the frozen roster, for this hospital's people to confirm out of band.
+
+    Each peer's key fingerprint is compared with that hospital (by phone); then ``join`` runs again
+    with the roster's ``code`` as its confirmation. Until every hospital signs it, no round starts.
+    """
+
+    kind: ClassVar[str] = "roster"
+    federation_name: str
+    code: str  # the digest's first 16 hex digits, in groups of four
+    digest: str
+    hospitals: list[dict]  # hospital_id, name, fingerprint, num_images, this_hospital
+    threat_model: str
+
+
+@dataclass(frozen=True)
 class RoundStarted(FederationEvent):
     kind: ClassVar[str] = "round_started"
     round: int
@@ -122,7 +138,7 @@ EventFn = Callable[[FederationEvent], None]
 
 EVENT_TYPES: dict[str, type[FederationEvent]] = {
     cls.kind: cls
-    for cls in (PlanReview, Enrolled, RoundStarted, PhaseChanged, LocalStepDone, Uploaded, ModelReceived,
+    for cls in (PlanReview, Enrolled, RosterReview, RoundStarted, PhaseChanged, LocalStepDone, Uploaded, ModelReceived,
                 BudgetCharged, Declined, Finished, ErrorEvent)
 }
 

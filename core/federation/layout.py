@@ -22,7 +22,7 @@ from pathlib import Path
 from core.config import load_toml, save_toml
 from core.errors import ConfigError, FederationError
 from core.federation.invitation import Invitation, write_invitation
-from core.federation.plan import FederationPlan, default_threshold, plan_hash, save_plan
+from core.federation.plan import FederationPlan, default_colluders, default_threshold, plan_hash, save_plan
 from core.federation.tls import write_federation_tls
 
 
@@ -80,7 +80,6 @@ class CoordinatorSettings:
     # How long the coordinator waits in each phase before going on with whoever answered.
     key_phase_timeout_s: float = 60.0
     compute_phase_timeout_s: float = 600.0
-    max_attempts_per_round: int = 5
     # None: round 1 starts once every invitation is used; else after this many seconds of serving
     # with at least the threshold enrolled.
     start_timeout_s: float | None = None
@@ -106,6 +105,8 @@ class InitConfig:
     port: int = 8443
     bind_host: str | None = None  # None: 127.0.0.1 when every host is loopback, else 0.0.0.0
     threshold: int | None = None
+    colluders: int | None = None  # default 1 for 2 or more hospitals
+    max_attempts: int | None = None
     model: str = "small_cnn"
     image_size: int = 64
     noise_multiplier: float | None = None
@@ -151,6 +152,8 @@ def _url(host: str, port: int) -> str:
 def build_plan(config: InitConfig, federation_id: str) -> FederationPlan:
     """The plan for ``config``, with each mode's defaults for the values left unset."""
     mode = config.mode
+    colluders = config.colluders if config.colluders is not None else default_colluders(config.hospitals)
+    names = config.hospital_names or [f"hospital-{i:02d}" for i in range(1, config.hospitals + 1)]
     fscdp = mode == "fscdp"
     if fscdp and (config.batch_size is not None or config.local_epochs is not None):
         raise ConfigError("FSCDP takes one DP-SGD step per round at --sample-rate; drop --batch-size/--local-epochs.")
@@ -162,7 +165,10 @@ def build_plan(config: InitConfig, federation_id: str) -> FederationPlan:
         mode=mode,
         rounds=config.rounds,
         hospitals=config.hospitals,
-        threshold=config.threshold if config.threshold is not None else default_threshold(config.hospitals),
+        threshold=config.threshold if config.threshold is not None else default_threshold(config.hospitals, colluders),
+        colluders=colluders,
+        hospital_names=list(names),
+        max_attempts=config.max_attempts if config.max_attempts is not None else 5,
         model=config.model,
         image_size=config.image_size,
         # FSCDP: lr/momentum are the server optimizer's (the only optimizer); F/FPDP: the local one's.
@@ -212,11 +218,9 @@ def init_federation(config: InitConfig) -> InitResult:
         raise ConfigError("Give at least one host name or IP address hospitals will reach the coordinator at (--host).")
     if not 1 <= config.port <= 65535:
         raise ConfigError(f"Port {config.port} is not a valid TCP port.")
-    names = config.hospital_names or [f"hospital-{i:02d}" for i in range(1, config.hospitals + 1)]
-    if len(names) != config.hospitals or len(set(names)) != len(names):
-        raise ConfigError("Give one distinct name per hospital.")
     federation_id = uuid.uuid4().hex[:16]
     plan = build_plan(config, federation_id)
+    names = plan.hospital_names
     if config.eval_data is not None and not Path(config.eval_data).exists():
         raise ConfigError(f"Evaluation data folder {config.eval_data} does not exist.")
 

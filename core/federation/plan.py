@@ -24,11 +24,44 @@ MODE_NAMES = {
 DEFAULT_CLASSES = ["No DR", "Mild", "Moderate", "Severe", "Proliferative DR"]
 
 
-def default_threshold(hospitals: int) -> int:
-    """About two thirds of the hospitals, at least 2: with 3 or more hospitals one may drop out."""
+def default_colluders(hospitals: int) -> int:
+    """t = 1 whenever there are peers: every participant knows its own noise and receives the released sum."""
+    return 1 if hospitals >= 2 else 0
+
+
+def default_threshold(hospitals: int, colluders: int | None = None) -> int:
+    """About two thirds of the hospitals, at least 2, and never below the rule 2m > K + t (so m > t too).
+
+    With K = 3 and t = 1 that is m = 3: no dropout is tolerated; K = 4, t = 1 gives m = 3.
+    """
     if hospitals <= 1:
         return 1
-    return max(2, math.ceil(2 * hospitals / 3))
+    colluders = default_colluders(hospitals) if colluders is None else colluders
+    return min(hospitals, max(2, math.ceil(2 * hospitals / 3), (hospitals + colluders) // 2 + 1))
+
+
+def hospital_noise_std(plan: FederationPlan) -> float:
+    """FSCDP: the noise each hospital adds, sigma * C / sqrt(m - t).
+
+    Any released sum holds at least m noised vectors and a coordinator with t colluding hospitals
+    knows at most t of their noises, so the noise unknown to it is at least N(0, sigma^2 C^2): the
+    noise of centralized DP-SGD with multiplier sigma.
+    """
+    return float(plan.noise_multiplier) * float(plan.max_grad_norm) / math.sqrt(plan.threshold - plan.colluders)
+
+
+def threat_model_text(plan: FederationPlan) -> str:
+    """One sentence: against whom the plan's epsilon holds."""
+    if not plan.is_private:
+        return "No differential privacy: the model updates themselves are not protected."
+    if plan.mode == "fpdp":
+        return ("Each hospital's update is differentially private on its own, against the coordinator and "
+                "every other hospital.")
+    if plan.colluders == 0:
+        return ("Epsilon holds against the coordinator and outsiders only (t = 0): another hospital, which "
+                "knows its own noise share, sees less noise than epsilon assumes.")
+    who = "1 other hospital" if plan.colluders == 1 else f"{plan.colluders} other hospitals"
+    return f"Epsilon holds against the coordinator together with up to {who} (t = {plan.colluders})."
 
 
 @dataclass
@@ -41,6 +74,12 @@ class FederationPlan:
     rounds: int
     hospitals: int
     threshold: int
+    # t: hospitals that may collude with the coordinator; FSCDP noise and the threshold rule allow for them.
+    colluders: int = 1
+    # The names of the K hospitals, in invitation order (ids h01, h02, ...): the roster hospitals confirm.
+    hospital_names: list[str] = field(default_factory=list)
+    # Attempts of one round a hospital takes part in: each attempt is a fresh release, charged again.
+    max_attempts: int = 5
     model: str = "small_cnn"
     classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
     image_size: int = 64
@@ -77,6 +116,13 @@ class FederationPlan:
         need(self.hospitals >= 1, "A federation needs at least one hospital (--hospitals).")
         need(1 <= self.threshold <= self.hospitals,
              f"The threshold must be between 1 and the number of hospitals ({self.hospitals}).")
+        need(0 <= self.colluders < max(self.hospitals, 1),
+             f"The colluding hospitals t must be between 0 and {max(self.hospitals - 1, 0)} (--colluders).")
+        need(not self.hospital_names or (len(self.hospital_names) == self.hospitals
+                                         and len(set(self.hospital_names)) == self.hospitals
+                                         and all(n.strip() for n in self.hospital_names)),
+             "Give one distinct, non-empty name per hospital.")
+        need(1 <= self.max_attempts <= 100, "Attempts per round must be between 1 and 100 (--max-attempts).")
         need(self.image_size >= 16, "The image size must be at least 16 pixels.")
         need(len(self.classes) >= 2, "A model needs at least 2 classes.")
         need(self.lr > 0 and self.server_lr > 0, "Learning rates must be positive.")
@@ -109,6 +155,12 @@ class FederationPlan:
         if self.secagg:
             need(self.threshold >= 2 and self.hospitals >= 2,
                  "Secure aggregation needs at least 2 hospitals and a threshold of at least 2.")
+            need(self.threshold > self.colluders,
+                 f"The threshold m = {self.threshold} must be above the colluding hospitals t = {self.colluders}.")
+            need(2 * self.threshold > self.hospitals + self.colluders,
+                 f"Secure aggregation needs 2m > K + t (m = {self.threshold}, K = {self.hospitals}, "
+                 f"t = {self.colluders}); otherwise a lying coordinator can unmask one hospital. "
+                 f"Use --threshold {(self.hospitals + self.colluders) // 2 + 1} or more.")
 
     @property
     def is_private(self) -> bool:
@@ -123,19 +175,27 @@ class FederationPlan:
         plan.validate()
         return plan
 
+    @property
+    def hospital_ids(self) -> list[str]:
+        return [f"h{index:02d}" for index in range(1, self.hospitals + 1)]
+
     def summary_lines(self) -> list[str]:
         lines = [
             f"Federation: {self.name} ({self.federation_id})",
             f"Mode: {MODE_NAMES[self.mode]}",
             f"Model: {self.model} at {self.image_size} px, {len(self.classes)} classes",
-            f"Rounds: {self.rounds}; hospitals: {self.hospitals}; threshold m = {self.threshold}",
+            f"Rounds: {self.rounds} (at most {self.max_attempts} attempts each); hospitals: {self.hospitals}"
+            + (f" ({', '.join(self.hospital_names)})" if self.hospital_names else ""),
             f"Secure aggregation: {'yes' if self.secagg else 'no'}",
         ]
+        if self.secagg:
+            lines.append(f"Threshold m = {self.threshold}: a sum is only released over at least {self.threshold} "
+                         f"hospitals, so up to {self.hospitals - self.threshold} may drop out of a round; "
+                         f"colluding hospitals t = {self.colluders} (the rule 2m > K + t holds).")
         if self.mode == "fscdp":
             lines.append(f"One DP-SGD step per round: sample rate q = {self.sample_rate:g}, "
                          f"noise multiplier sigma = {self.noise_multiplier:g}, clipping C = {self.max_grad_norm:g}, "
-                         f"each hospital adds noise std sigma*C/sqrt(m) = "
-                         f"{self.noise_multiplier * self.max_grad_norm / math.sqrt(self.threshold):.4g}")
+                         f"each hospital adds noise std sigma*C/sqrt(m - t) = {hospital_noise_std(self):.4g}")
             lines.append(f"Server optimizer: {self.server_optimizer.upper()} lr {self.server_lr:g} "
                          f"({self.server_lr_schedule}), "
                          f"{'beta1' if self.server_optimizer == 'adam' else 'momentum'} {self.server_momentum:g}")
@@ -147,6 +207,7 @@ class FederationPlan:
                              f"clipping C = {self.max_grad_norm:g}")
         if self.is_private:
             lines.append(f"Privacy accounting: {self.accountant.upper()}, delta = {self.delta:g}")
+        lines.append(f"Threat model: {threat_model_text(self)}")
         return lines
 
 

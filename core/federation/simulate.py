@@ -57,6 +57,8 @@ class SimulationConfig:
     workdir: Path | None = None  # keep everything here; None: a temporary folder, deleted at the end
     seed: int = 0
     threshold: int | None = None
+    colluders: int | None = None
+    max_attempts: int | None = None
     sample_rate: float | None = None
     batch_size: int | None = None
     local_epochs: int | None = None
@@ -86,7 +88,7 @@ class HospitalOutcome:
     wall_time_s: float
     exit_code: int | None
     killed_in_round: int | None
-    workdir: str
+    home: str
 
 
 @dataclass
@@ -163,14 +165,18 @@ def wait_until_serving(url: str, ca_file: Path, *, timeout_s: float = 60.0, proc
 
 
 class HospitalProcess:
-    """One ``dopamine join`` process and the events it printed (JSON lines on stdout)."""
+    """One ``dopamine join`` process and the events it printed (JSON lines on stdout).
 
-    def __init__(self, number: int, invitation: Path, data: Path, workdir: Path, log: Path, *,
+    Each simulated hospital has its own home. One person runs them all here, so the roster is
+    accepted as the coordinator shows it (``--accept-roster any``); real hospitals compare fingerprints.
+    """
+
+    def __init__(self, number: int, invitation: Path, data: Path, home: Path, log: Path, *,
                  max_epsilon: float, threads: int = 1, extra_env: dict[str, str] | None = None):
         self.number = number
         self.invitation = invitation
         self.data = data
-        self.workdir = workdir
+        self.home = home
         self.log_path = log
         self.max_epsilon = max_epsilon
         self.threads = threads
@@ -184,8 +190,8 @@ class HospitalProcess:
 
     def start(self) -> None:
         argv = [sys.executable, "-m", "core.cli", "join", str(self.invitation), "--data", str(self.data),
-                "--workdir", str(self.workdir), "--max-epsilon", str(self.max_epsilon), "--events-jsonl",
-                "--threads", str(self.threads)]
+                "--home", str(self.home), "--max-epsilon", str(self.max_epsilon), "--accept-roster", "any",
+                "--events-jsonl", "--threads", str(self.threads)]
         self.started = self.started or time.monotonic()
         self.ended = None
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -216,6 +222,15 @@ class HospitalProcess:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    @property
+    def membership(self) -> Path:
+        """This hospital's folder for the federation (state.json, models, pending uploads)."""
+        from core.federation.client import membership_folder
+        from core.federation.invitation import read_invitation
+        from core.home import HospitalHome
+
+        return membership_folder(HospitalHome.at(self.home), read_invitation(self.invitation))
 
 
 class CoordinatorProcess:
@@ -264,7 +279,8 @@ def _plan_init_config(config: SimulationConfig, folder: Path, port: int, eval_da
     return InitConfig(
         folder=folder, name=f"simulation ({config.mode.upper()}, {config.hospitals} hospitals)", mode=config.mode,
         rounds=pick("rounds"), hospitals=config.hospitals, hosts=["127.0.0.1", "localhost"], port=port,
-        bind_host="127.0.0.1", threshold=config.threshold, model=config.model, image_size=config.image_size,
+        bind_host="127.0.0.1", threshold=config.threshold, colluders=config.colluders,
+        max_attempts=config.max_attempts, model=config.model, image_size=config.image_size,
         noise_multiplier=pick("noise_multiplier") if config.mode != "f" else None,
         max_grad_norm=pick("max_grad_norm") if config.mode != "f" else None,
         sample_rate=pick("sample_rate") if config.mode == "fscdp" else None,
@@ -397,6 +413,7 @@ def _last_line(path: Path) -> str:
 def _collect(config, root, temporary, init, paths, hospitals, started, read_invitation) -> SimulationResult:
     from core.federation.status import read_status
     from core.federation.store import CoordinatorStore
+    from core.home import HospitalHome
     from core.privacy.ledger import PrivacyLedger
 
     status = read_status(paths.root, last_rounds=10**6)
@@ -410,19 +427,14 @@ def _collect(config, root, temporary, init, paths, hospitals, started, read_invi
     for hospital in hospitals:
         invitation = read_invitation(hospital.invitation)
         record = records.get(invitation.hospital_id)
-        ledger_path = hospital.workdir / "ledger.sqlite"
+        home = HospitalHome.at(hospital.home)
         epsilon = 0.0
-        if ledger_path.exists():
-            with PrivacyLedger(ledger_path) as ledger:
+        if home.ledger.exists():
+            with PrivacyLedger(home.ledger) as ledger:
                 epsilon = ledger.spent()
         bytes_sent = 0
-        state_file = hospital.workdir / "state.json"
-        audit = hospital.workdir / "audit.jsonl"
-        if audit.exists():
-            from core.federation.audit import read_audit_log
-
-            bytes_sent = sum(entry.bytes for entry in read_audit_log(audit))
-        elif state_file.exists():
+        state_file = hospital.membership / "state.json"
+        if state_file.exists():
             bytes_sent = int(json.loads(state_file.read_text()).get("bytes_sent", 0))
         outcomes.append(HospitalOutcome(
             name=invitation.hospital_name, hospital_id=invitation.hospital_id,
@@ -430,7 +442,7 @@ def _collect(config, root, temporary, init, paths, hospitals, started, read_invi
             rounds_participated=[r.round for r in rounds if invitation.hospital_id in r.included],
             bytes_sent=bytes_sent, wall_time_s=round((hospital.ended or time.monotonic()) - hospital.started, 3),
             exit_code=hospital.process.returncode if hospital.process else None,
-            killed_in_round=hospital.killed_in_round, workdir=str(hospital.workdir),
+            killed_in_round=hospital.killed_in_round, home=str(hospital.home),
         ))
     model = paths.model_package(status["rounds_finished"])
     model_path = None

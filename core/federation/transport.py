@@ -20,8 +20,8 @@ from pathlib import Path
 import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from core.audit import AuditLog
 from core.errors import FederationError, NetworkError
-from core.federation.audit import AuditLog
 from core.federation.auth import sign_request
 from core.federation.invitation import check_https_url
 from core.jobs import NEVER_CANCELLED, CancelToken
@@ -105,8 +105,14 @@ class CoordinatorConnection:
         key: Ed25519PrivateKey | None = None,
         content_type: str = "application/octet-stream",
         accept_duplicate: bool = False,
+        federation: str = "",
+        ledger_key: str = "",
     ) -> requests.Response:
-        """Send one signed request, retrying transient failures until it succeeds or is cancelled."""
+        """Send one signed request, retrying transient failures until it succeeds or is cancelled.
+
+        A request with a body is written to the audit log first (with ``ledger_key``, the privacy-ledger
+        charge that covers it, when it carries a noised release).
+        """
         started = time.monotonic()
         attempt = 0
         while True:
@@ -120,7 +126,8 @@ class CoordinatorConnection:
                 federation_id=self.federation_id))
             if body and self.audit is not None:
                 self.audit.append(what=what or path, payload=body, round=round, phase=phase,
-                                  destination=f"{method} {path}")
+                                  destination=f"{method} {path}", federation=federation or self.federation_id,
+                                  ledger_key=ledger_key)
             timeout = (self.timeout[0], read_timeout_s or self.timeout[1])
             try:
                 response = self.session.send(prepared, verify=self.ca_file, timeout=timeout, allow_redirects=False)
@@ -131,7 +138,8 @@ class CoordinatorConnection:
                         "refusing to talk to it (wrong address or an impostor) - check the invitation."
                     ) from exc
                 problem = f"TLS error talking to {self.url}: {exc.__class__.__name__}"
-            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                    requests.exceptions.ChunkedEncodingError) as exc:  # the last: the coordinator died mid-answer
                 problem = f"cannot reach the coordinator at {self.url} ({exc.__class__.__name__})"
             else:
                 if body:

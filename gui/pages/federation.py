@@ -38,6 +38,7 @@ PHASE_WORDS = {
     "advertise": "exchanging keys for secure aggregation",
     "share": "sending encrypted key shares",
     "mask": "computing and sending the masked, noised update",
+    "consistency": "confirming which hospitals' updates are in the sum",
     "unmask": "helping to unmask the sum",
 }
 EXPLAIN = (
@@ -54,7 +55,10 @@ def plan_rows(review: InvitationReview) -> list[tuple[str, object]]:
     rows: list[tuple[str, object]] = [
         ("Training mode", MODE_WORDS.get(plan.mode, plan.mode)),
         ("Rounds", plan.rounds),
-        ("Hospitals", f"{plan.hospitals} invited; a sum is only revealed over at least m = {plan.threshold}"),
+        ("Hospitals", f"{plan.hospitals} invited"
+                      + (f" ({', '.join(plan.hospital_names)})" if plan.hospital_names else "")
+                      + f"; a sum is only revealed over at least m = {plan.threshold}, so up to "
+                      f"{plan.hospitals - plan.threshold} may drop out of a round"),
         ("Model", f"{plan.model}, {plan.image_size} px, {len(plan.classes)} classes"),
         ("Secure aggregation", "yes" if plan.secagg else "no"),
     ]
@@ -65,6 +69,12 @@ def plan_rows(review: InvitationReview) -> list[tuple[str, object]]:
     if plan.is_private:
         rows += [("Noise σ", f"{plan.noise_multiplier:g}"), ("Clipping C", f"{plan.max_grad_norm:g}"),
                  ("δ", f"{plan.delta:g}"), ("Accountant", review.accountant.upper())]
+    if plan.secagg:
+        rows.append(("Colluding hospitals", f"t = {plan.colluders}: the privacy holds even if the coordinator and "
+                                            f"{plan.colluders} other hospital(s) combine what they know"))
+    from core.federation.plan import threat_model_text
+
+    rows.append(("Threat model", threat_model_text(plan)))
     return rows
 
 
@@ -135,6 +145,12 @@ class FederationPage(Page):
         peers_card.body.addWidget(label(
             "Compare each fingerprint with that hospital by phone: a match proves the coordinator did not "
             "slip in another key.", "muted"))
+        self.roster_note = Banner("", "warning")
+        self.roster_note.setVisible(False)
+        self.confirm_roster_button = button("I compared every fingerprint with its hospital: confirm", primary=True)
+        self.confirm_roster_button.setVisible(False)
+        peers_card.body.addWidget(self.roster_note)
+        peers_card.body.addWidget(self.confirm_roster_button)
         self.peers = QTableWidget(0, 4)
         self.peers.setHorizontalHeaderLabels(["Hospital", "Status", "Rounds included", "Identity fingerprint"])
         self.peers.verticalHeader().setVisible(False)
@@ -161,6 +177,8 @@ class FederationPage(Page):
         self._offline = False
         self._leaving = False
         self.my_fingerprint = ""
+        self._roster_code: str | None = None  # shown to the user, waiting for confirmation
+        self._accepted_roster: str | None = None
         self._round_losses: dict[int, list[float]] = {}
         self._state = "none"
         self._poll = QTimer(self)
@@ -173,6 +191,7 @@ class FederationPage(Page):
         self.leave_button.clicked.connect(self.leave)
         self.until_cap.toggled.connect(lambda _checked: self._update_buttons())
         self.privacy_link.clicked.connect(lambda: context.navigate("privacy"))
+        self.confirm_roster_button.clicked.connect(self.confirm_roster)
         context.dataset_changed.connect(lambda _r: self.reload())
         context.ledger_changed.connect(self._ledger_changed)
         self._update_buttons()
@@ -192,9 +211,8 @@ class FederationPage(Page):
             show_error(self, _federation_error("Pause or leave the current federation before opening another invitation."))
             return
         self.context.runner.start(
-            review_invitation, Path(path), num_images=self._num_images(), ledger_path=self.context.ledger_path,
-            federations_folder=self.context.federations_folder, name="review invitation",
-            on_done=self.show_review, on_error=lambda e: show_error(self, e))
+            review_invitation, Path(path), num_images=self._num_images(), home=self.context.home,
+            name="review invitation", on_done=self.show_review, on_error=lambda e: show_error(self, e))
 
     def reload(self) -> None:
         if self.review is not None and not self.running:
@@ -281,7 +299,7 @@ class FederationPage(Page):
         for plot in (self.metrics_plot, self.epsilon_plot):
             plot.set_x_range(0.5, review.invitation.plan.rounds + 0.5)
         self.job = self.context.runner.start(
-            join, review, data=Path(dataset), ledger_path=self.context.ledger_path,
+            join, review, data=Path(dataset), home=self.context.home.root, accept_roster=self._accepted_roster,
             threads=self.context.settings.cpu_threads, name="federation", precious=True,
             on_event=self.handle_event, on_done=self._done, on_error=self._failed, on_cancelled=self._paused)
         self.job.finished.connect(self._job_ended)
@@ -343,7 +361,24 @@ class FederationPage(Page):
         show_error(self, exc)
         self.context.ledger_changed.emit()
 
+    def confirm_roster(self) -> None:
+        """The user compared every fingerprint by phone: sign this roster and take part."""
+        if self._roster_code is None or not confirm(
+                self, "Confirm the roster?",
+                "Only confirm if every hospital read out exactly the fingerprint shown for it. This hospital then "
+                f"signs the roster {self._roster_code} and takes part in its rounds.", yes="Confirm and take part"):
+            return
+        self._accepted_roster = self._roster_code
+        self.confirm_roster_button.setVisible(False)
+        self.roster_note.setVisible(False)
+        self._say(f"Roster {self._roster_code} confirmed.")
+        self.start()
+
     def _done(self, result: Any) -> None:
+        if result.reason == "roster":
+            self._say("Every hospital has enrolled. Compare the fingerprints below with each hospital, then confirm.")
+            self._set_state("paused")
+            return
         words = {"completed": "The federation finished", "declined": "This hospital stopped at its privacy cap",
                  "stopped": "The coordinator stopped the federation"}
         self._say(f"{words.get(result.reason, result.reason)}: took part in {len(result.rounds_participated)} "
@@ -375,6 +410,25 @@ class FederationPage(Page):
         self._set_state("running")
         self.refresh_view()
         self._poll.start()
+
+    def _on_roster(self, event: Any) -> None:
+        """The frozen roster, shown for the user to confirm out of band before this hospital signs it."""
+        self._roster_code = event.code
+        self.peers.setRowCount(len(event.hospitals))
+        for row, hospital in enumerate(event.hospitals):
+            name = f"{hospital['name']} ({hospital['hospital_id']})" + (
+                " — this hospital" if hospital["this_hospital"] else "")
+            groups = hospital["fingerprint"].split()
+            values = (name, f"enrolled, {hospital['num_images']} images", "",
+                      " ".join(groups[:8]) + "\n" + " ".join(groups[8:]))
+            for column, value in enumerate(values):
+                self.peers.setItem(row, column, QTableWidgetItem(value))
+        self.peers.resizeRowsToContents()
+        self.roster_note.show_message(
+            f"<b>Confirm the roster {event.code} before any round.</b> Call each hospital and compare the "
+            "fingerprint it reads out with the one shown here. If one differs, do not confirm: the coordinator "
+            f"may have enrolled someone else. {event.threat_model}", "warning")
+        self.confirm_roster_button.setVisible(True)
 
     def _on_round_started(self, event: Any) -> None:
         self._set_state("running", round=event.round, rounds=event.rounds)
@@ -433,10 +487,10 @@ class FederationPage(Page):
         review = self.review
         if review is None or (self._view_job is not None and self._view_job.running):
             return
-        if not (review.workdir / "identity.key").exists():
+        if not (review.workdir / "state.json").exists():
             return
         self._view_job = self.context.runner.start(
-            coordinator_view, review.path, review.workdir, name="coordinator status",
+            coordinator_view, review.path, review.workdir, self.context.home, name="coordinator status",
             on_done=self.show_view, on_error=lambda e: self.detail_label.setText(f"Status unavailable: {e}"))
 
     def show_view(self, view: CoordinatorView) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from core.federation.layout import FederationPaths, InitConfig, init_federation
 from core.federation.simulate import CoordinatorProcess, HospitalProcess, free_port
+from core.home import HospitalHome
 
 # Tiny and fast: 32 px images, small_cnn, a few rounds.
 IMAGE_SIZE = 32
@@ -41,7 +42,7 @@ class FederationRun:
         self.coordinator = CoordinatorProcess(self.paths.root, self.root / "logs" / "coordinator.out")
         caps = max_epsilon if isinstance(max_epsilon, dict) else {}
         self.hospitals = [
-            HospitalProcess(i, invitation, self.data / f"hospital_{i:02d}", self.root / "hospitals" / f"h{i:02d}",
+            HospitalProcess(i, invitation, self.data / f"hospital_{i:02d}", self.root / "homes" / f"h{i:02d}",
                             self.root / "logs" / f"hospital_{i:02d}.err",
                             max_epsilon=caps.get(i, 1000.0) if caps else max_epsilon)
             for i, invitation in enumerate(sorted(self.init.invitations), start=1)
@@ -88,11 +89,19 @@ class FederationRun:
     def ledger_entries(self, hospital: HospitalProcess):
         from core.privacy.ledger import PrivacyLedger
 
-        with PrivacyLedger(hospital.workdir / "ledger.sqlite") as ledger:
+        with PrivacyLedger(HospitalHome.at(hospital.home).ledger) as ledger:
             return ledger.entries(), ledger.spent()
 
     def hospital_state(self, hospital: HospitalProcess) -> dict:
-        return json.loads((hospital.workdir / "state.json").read_text())
+        return json.loads((hospital.membership / "state.json").read_text())
+
+    def audit(self, hospital: HospitalProcess):
+        """The hospital home's audit log, verified with the hospital's own identity key."""
+        from core.audit import verify_audit_log
+        from core.signing import load_private_key, public_key_bytes
+
+        home = HospitalHome.at(hospital.home)
+        return verify_audit_log(home.audit_log, public_key_bytes(load_private_key(home.identity_key)))
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """FSCDP privacy properties, measured on a real coordinator process with the hospitals' uploads captured
 in this process: all gradients zero (an empty Poisson sample every round), so everything released is noise.
 
-- The released sum's noise has std at least sigma*C (each hospital adds sigma*C/sqrt(m), m = 2, 3 of them).
+- The released sum's noise has std at least sigma*C even against the coordinator and t = 1 colluding
+  hospital (each adds sigma*C/sqrt(m - t), m = 3, t = 1, 3 of them).
 - No unmasked individual update (float values or their fixed-point encoding) ever reaches a
   coordinator file: the SQLite state, its WAL, the log, the models.
 """
@@ -43,8 +44,8 @@ def noise_only(federation_factory, tmp_path_factory):
 
     def join(hospital):
         try:
-            client.run(client.JoinConfig(invitation=hospital.invitation, data=hospital.data, workdir=hospital.workdir,
-                                         max_epsilon=1000.0, poll_wait_s=5.0))
+            client.run(client.JoinConfig(invitation=hospital.invitation, data=hospital.data, home=hospital.home,
+                                         max_epsilon=1000.0, accept_roster="any", poll_wait_s=5.0))
         except Exception as exc:  # noqa: BLE001 -- reported below
             errors.append(exc)
 
@@ -72,7 +73,8 @@ def _weights(path):
 def test_each_hospital_adds_its_share_of_the_noise(noise_only):
     run, captured = noise_only
     assert sorted(captured) == ["h01", "h02", "h03"]
-    share = SIGMA * C / np.sqrt(run.plan.threshold)
+    assert (run.plan.threshold, run.plan.colluders) == (3, 1)
+    share = SIGMA * C / np.sqrt(run.plan.threshold - run.plan.colluders)
     for values in (c["values"] for c in captured.values()):
         assert abs(values.std() / share - 1) < 0.03
         assert abs(values.mean()) < 0.02
@@ -90,7 +92,10 @@ def test_the_released_sum_has_noise_std_at_least_sigma_c(noise_only):
     assert survivors == 3
     std = released.std()
     assert std >= SIGMA * C * 0.98  # the requirement, with room for sampling error (n ~ 60k: 0.3 %)
-    assert abs(std / (SIGMA * C * np.sqrt(survivors / plan.threshold)) - 1) < 0.03
+    assert abs(std / (SIGMA * C * np.sqrt(survivors / (plan.threshold - plan.colluders))) - 1) < 0.03
+    # What a colluding hospital does not know: the other survivors' shares, still at least sigma*C.
+    unknown = SIGMA * C * np.sqrt((survivors - plan.colluders) / (plan.threshold - plan.colluders))
+    assert unknown >= SIGMA * C
 
 
 def test_the_coordinator_never_stores_or_logs_an_unmasked_individual_update(noise_only):

@@ -12,15 +12,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_simulate_runs_a_federation_and_kills_a_hospital_after_its_upload(tmp_path):
     progress = []
+    # A dropout needs m < K: with 3 hospitals that is t = 0 (m = 2); the default t = 1 needs all three.
     result = run(SimulationConfig(hospitals=3, mode="fscdp", rounds=2, drops=[(3, 1)], per_hospital=16,
-                                  test_images=20, image_size=32, workdir=tmp_path, sample_rate=0.3),
+                                  test_images=20, image_size=32, workdir=tmp_path, sample_rate=0.3, colluders=0),
                  progress=lambda f, m: progress.append(f))
     data = json.loads(json.dumps(result.to_dict()))  # what --json writes
     assert data["status"] == "finished"
     assert data["coordinator_url"].startswith("https://127.0.0.1:")
-    for key in ("mode", "sample_rate", "noise_multiplier", "max_grad_norm", "delta", "accountant", "threshold"):
+    for key in ("mode", "sample_rate", "noise_multiplier", "max_grad_norm", "delta", "accountant", "threshold",
+                "colluders"):
         assert key in data["plan"]
-    assert data["plan"]["threshold"] == 2  # tolerates one dropout with 3 hospitals
+    assert (data["plan"]["threshold"], data["plan"]["colluders"]) == (2, 0)  # tolerates one dropout
     hospitals = {h["name"]: h for h in data["hospitals"]}
     assert hospitals["hospital-03"]["killed_in_round"] == 1
     assert hospitals["hospital-03"]["rounds_participated"] == [1]  # its round-1 upload counted

@@ -44,7 +44,7 @@ def federation(tmp_path, make_image_folder):
     init, invitations, data = _init(tmp_path, make_image_folder)
     coordinator = CoordinatorProcess(init.folder, tmp_path / "logs" / "coordinator.out")
     coordinator.start(url=init.coordinator_url, ca_file=init.folder / "tls" / "ca.pem")
-    other = HospitalProcess(2, invitations[1], data[1], tmp_path / "hospital_2_work",
+    other = HospitalProcess(2, invitations[1], data[1], tmp_path / "hospital_2_home",
                             tmp_path / "logs" / "hospital_2.err", max_epsilon=100.0)
     other.start()
     yield init, invitations[0], data[0]
@@ -91,7 +91,16 @@ def test_a_real_two_hospital_federation_advances_round_by_round(window, qtbot, f
     assert page.job.was_cancelled and window.context.federation.state == "paused"
     assert page.join_button.isEnabled()
 
+    # Once both hospitals enrolled, the run stops to have the roster confirmed by a person.
     page.start()
+    qtbot.waitUntil(lambda: not page.confirm_roster_button.isHidden(), timeout=180000)
+    qtbot.waitUntil(lambda: not page.running, timeout=30000)
+    assert page.job.error is None and page.job.result.reason == "roster"
+    assert page.peers.rowCount() == 2 and "this hospital" in page.peers.item(0, 0).text()
+    assert page.peers.item(0, 3).text().split() == page.my_fingerprint.split()
+    assert "Confirm the roster" in page.roster_note.text()
+    page.confirm_roster()
+    assert asked[-1] == "Confirm the roster?" and page.confirm_roster_button.isHidden()
     qtbot.waitUntil(lambda: page.state_label.text().startswith("Round"), timeout=180000)
     assert window.context.federation.state == "running"
     qtbot.waitUntil(lambda: not page.running, timeout=300000)

@@ -137,10 +137,37 @@ def test_tampered_body_is_refused(coordinator):
     assert response.status_code == 401
 
 
+def _sign_the_roster(api, keys, service):
+    """Each hospital signs the frozen roster; forged, mismatched and repeated signatures are refused."""
+    from core.federation.roster import FederationRoster, sign_roster
+
+    response, _ = api.send("GET", "/v1/roster", key=keys[0], hospital_id="h01")
+    roster = FederationRoster.from_dict(response.json()["roster"])
+    assert roster.ids == ["h01", "h02", "h03"] and response.json()["digest"] == roster.digest()
+
+    def post(number, digest, signature):
+        body = json.dumps({"digest": digest, "signature": base64.b64encode(signature).decode()}).encode()
+        return api.send("POST", "/v1/roster/signature", key=keys[number], hospital_id=f"h0{number + 1}", body=body)[0]
+
+    forged = sign_roster(Ed25519PrivateKey.generate(), roster)
+    assert post(0, roster.digest(), forged).status_code == 400
+    assert post(0, "0" * 64, sign_roster(keys[0], roster)).status_code == 409
+    for number in range(3):
+        assert post(number, roster.digest(), sign_roster(keys[number], roster)).status_code == 200
+        if number < 2:
+            assert service.status == "confirming"  # no round before every hospital signed
+    assert post(0, roster.digest(), sign_roster(keys[0], roster)).status_code == 200  # idempotent
+
+
 def test_oversized_and_malformed_uploads(coordinator):
     api, invitations, keys, service = coordinator
     for invitation, key in zip(invitations[1:], keys[1:], strict=True):
         assert api.enroll(invitation, key).status_code == 200
+    deadline = time.time() + 10
+    while service.status != "confirming":  # every hospital enrolled: the roster is frozen
+        assert time.time() < deadline
+        time.sleep(0.05)
+    _sign_the_roster(api, keys, service)
     deadline = time.time() + 10
     while service.status != "running":
         assert time.time() < deadline

@@ -28,7 +28,9 @@ def test_init_creates_the_federation_folder(federation):
     invitation = read_invitation(invitations[0])
     assert invitation.coordinator_url == "https://coord.example.org:9443"
     assert invitation.plan.mode == "fscdp" and invitation.plan.secagg
-    assert invitation.plan.threshold == 2
+    # K = 3 with the default t = 1: 2m > K + t needs all three (no dropout tolerated, said in the plan).
+    assert (invitation.plan.threshold, invitation.plan.colluders) == (3, 1)
+    assert invitation.plan.hospital_names == ["hospital-01", "hospital-02", "hospital-03"]
     assert len(invitation.ca_fingerprint.split()) == 16
     tokens = {read_invitation(p).token for p in invitations}
     assert len(tokens) == 3  # one one-time token per hospital
@@ -44,6 +46,10 @@ def test_status_reads_the_folder_without_a_server(federation, capsys):
 
 @pytest.mark.parametrize("args,words", [
     (["--mode", "fscdp", "--rounds", "2", "--hospitals", "3", "--threshold", "4"], "threshold"),
+    # The lying-coordinator rule: K = 4, m = 2 lets view splitting unmask one hospital.
+    (["--mode", "fscdp", "--rounds", "2", "--hospitals", "4", "--threshold", "2", "--colluders", "0"], "2m > K + t"),
+    (["--mode", "fscdp", "--rounds", "2", "--hospitals", "5", "--threshold", "3", "--colluders", "1"], "2m > K + t"),
+    (["--mode", "fscdp", "--rounds", "2", "--hospitals", "3", "--colluders", "3"], "colluding"),
     (["--mode", "fscdp", "--rounds", "2", "--hospitals", "3", "--batch-size", "8"], "sample-rate"),
     (["--mode", "f", "--rounds", "2", "--hospitals", "3", "--noise-multiplier", "1"], "adds no noise"),
     (["--mode", "fpdp", "--rounds", "0", "--hospitals", "3"], "at least one round"),
