@@ -75,22 +75,21 @@ def test_dopamine_gui_subcommand_calls_gui_app_main(monkeypatch):
     assert calls == [[]]
 
 
-def test_start_up_is_fast_and_does_not_import_torch(tmp_path):
+def test_start_up_does_not_import_torch(tmp_path):
+    """Start-up stays light: torch and Opacus load later, off the GUI thread (the time itself is measured by
+    benchmarks/gui_latency.py)."""
     code = textwrap.dedent("""
-        import sys, time
-        start = time.perf_counter()
+        import sys
         from gui.app import application, create_window
         app = application([])
         window = create_window(app)
         window.show()
         app.processEvents()
-        elapsed = time.perf_counter() - start
         heavy = sorted(m for m in ("torch", "opacus") if m in sys.modules)
-        print(f"{elapsed:.3f} {','.join(heavy) or '-'}")
+        print(','.join(heavy) or '-')
     """)
     env = {"QT_QPA_PLATFORM": "offscreen", "DOPAMINE_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=60, check=True)
-    elapsed, heavy = out.stdout.split()
+    heavy = out.stdout.strip()
     assert heavy == "-", f"start-up imported {heavy}"
-    assert float(elapsed) < 2.0, f"the window took {elapsed} s to show"

@@ -81,9 +81,8 @@ def test_unreachable_coordinator_is_retried_then_reported(federations, unused_po
     assert retries and "retrying" in retries[0]
 
 
-def test_cancel_interrupts_the_retry_wait(federations, unused_port):
+def test_cancel_interrupts_the_retry_wait(federations, unused_port, monkeypatch):
     import threading
-    import time
 
     from core.errors import Cancelled
     from core.jobs import CancelToken
@@ -92,9 +91,20 @@ def test_cancel_interrupts_the_retry_wait(federations, unused_port):
     cancel = CancelToken()
     connection = CoordinatorConnection(f"https://127.0.0.1:{unused_port}", ours.ca_cert, federation_id="f",
                                        hospital_id="h01", key=Ed25519PrivateKey.generate(), cancel=cancel,
-                                       max_backoff_s=30.0)
-    threading.Timer(1.0, cancel.cancel).start()
-    started = time.monotonic()
-    with pytest.raises(Cancelled):
-        connection.get_json("/v1/health")  # would retry forever
-    assert time.monotonic() - started < 5.0
+                                       max_backoff_s=3600.0)
+    # Every back-off is an hour: only an interrupted wait lets the request end.
+    monkeypatch.setattr("core.federation.transport.random.uniform", lambda low, high: 7200.0)
+    raised: list[BaseException] = []
+
+    def request() -> None:
+        try:
+            connection.get_json("/v1/health")  # would retry forever
+        except BaseException as exc:  # noqa: BLE001 -- checked below
+            raised.append(exc)
+
+    worker = threading.Thread(target=request, daemon=True)
+    worker.start()
+    threading.Timer(0.5, cancel.cancel).start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "cancel did not interrupt the hour-long retry wait"
+    assert len(raised) == 1 and isinstance(raised[0], Cancelled)

@@ -1,7 +1,6 @@
 """Epsilon equals Opacus's accountants; calibration never overshoots; delta is checked against N."""
 
 import math
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -65,12 +64,16 @@ def test_prv_edge_cases_do_not_crash(q, sigma, steps):
     assert 0 <= value < math.inf
 
 
-def test_prv_with_no_meaningful_privacy_answers_quickly_with_the_rdp_bound():
+def test_prv_with_no_meaningful_privacy_answers_with_the_rdp_bound_without_running_prv(monkeypatch):
     # Opacus's PRV needs minutes here (its domain grows with epsilon); RDP is also a valid bound.
+    from opacus.accountants import PRVAccountant
+
+    def never(*args, **kwargs):
+        raise AssertionError("the PRV accountant was run for an epsilon above PRV_MAX_EPSILON")
+
+    monkeypatch.setattr(PRVAccountant, "get_epsilon", never)
     args = dict(sample_rate=1.0, noise_multiplier=0.1, steps=100, delta=1e-5)
-    start = time.perf_counter()
     value = compute_epsilon(**args, accountant="prv")
-    assert time.perf_counter() - start < 5
     assert value == compute_epsilon(**args, accountant="rdp") > PRV_MAX_EPSILON
 
 
