@@ -303,7 +303,9 @@ def _train(config, home, run_id, run_dir, progress, cancel, on_epoch, closing: E
         max_grad_norm=config.max_grad_norm if dp else None, steps=total_steps, rounds=None, hospitals=1,
         image_counts={"local": num_train}, metrics={"validation": metrics},
         created=datetime.now(UTC).isoformat(timespec="seconds"), software_version=__version__,
-        description=config.description or f"Local {config.mode.upper()} training on {Path(config.data).name}",
+        description=(config.description or f"Local {config.mode.upper()} training on {Path(config.data).name}.")
+        + (" Epsilon holds against anyone who obtains this model (DP-SGD on this hospital's own images)."
+           if config.mode == "cdp" else " No differential privacy: the model may reveal its training images."),
     )
     key = home.identity()
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -7,91 +7,14 @@ ledger charges each release exactly once.
 """
 
 import dataclasses
-import threading
-from pathlib import Path
 
 import pytest
 
-from core.federation.client import JoinConfig, run
-from core.federation.coordinator import Coordinator
-from core.federation.invitation import read_invitation
-from core.federation.layout import InitConfig, init_federation
-from core.federation.simulate import free_port
-from core.home import HospitalHome
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from core.data.synthetic import write_demo_data
-
-    root = tmp_path_factory.mktemp("lies-data")
-    write_demo_data(root, hospitals=3, per_hospital=12, test_images=10, size=40, seed=5)
-    return root
-
-
-class Federation:
-    def __init__(self, root: Path, data: Path, https_server, *, rounds: int = 1, **plan) -> None:
-        self.root, self.data = root, data
-        port = free_port()
-        self.init = init_federation(InitConfig(
-            folder=root / "fed", name="lies", mode="fscdp", rounds=rounds, hospitals=3, hosts=["127.0.0.1"],
-            port=port, image_size=32, sample_rate=0.5, delta=1e-3, key_phase_timeout_s=4.0,
-            compute_phase_timeout_s=30.0, **plan))
-        self.invitations = [read_invitation(p) for p in sorted(self.init.invitations)]
-        self.service = Coordinator(root / "fed")
-        self.https_server, self.port = https_server, port
-        self.results: dict[int, object] = {}
-        self.events: dict[int, list] = {}
-
-    def home(self, number: int) -> HospitalHome:
-        return HospitalHome.at(self.root / f"home{number}")
-
-    def run(self, numbers=(1, 2, 3), accept_roster="any") -> None:
-        self.service.start()
-        tls = self.root / "fed" / "tls"
-        with self.https_server(create_app(self.service), tls / "server.pem", tls / "server.key", port=self.port):
-            threads = [threading.Thread(target=self._join, args=(n, accept_roster)) for n in numbers]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(timeout=150)
-            assert not any(t.is_alive() for t in threads), "a hospital client did not finish"
-        self.service.stop()
-
-    def _join(self, number: int, accept_roster) -> None:
-        self.events[number] = events = []
-        accepted = accept_roster(number) if callable(accept_roster) else accept_roster
-        config = JoinConfig(invitation=sorted(self.init.invitations)[number - 1],
-                            data=self.data / f"hospital_{number:02d}", home=self.home(number).root,
-                            max_epsilon=100.0, accept_roster=accepted, poll_wait_s=1.0, give_up_after_s=30.0)
-        try:
-            self.results[number] = run(config, on_event=events.append)
-        except Exception as exc:  # noqa: BLE001 -- the test inspects it
-            self.results[number] = exc
-
-    def ledger_keys(self, number: int) -> list[str]:
-        from core.privacy.ledger import PrivacyLedger
-
-        if not self.home(number).ledger.exists():
-            return []
-        with PrivacyLedger(self.home(number).ledger) as ledger:
-            return [entry.key for entry in ledger.entries() if entry.key]
-
-    def uploads(self, number: int, phase: str) -> list:
-        from core.audit import read_audit_log
-
-        return [e for e in read_audit_log(self.home(number).audit_log) if e.phase == phase]
-
-
-def create_app(service):
-    from core.federation.app import create_app as make
-
-    return make(service)
-
 
 @pytest.mark.parametrize("lie", ["encoding bound", "threshold", "colluders", "vector length"])
-def test_forged_round_parameters_are_refused_before_anything_noised_leaves(tmp_path, data, https_server, lie):
-    federation = Federation(tmp_path, data, https_server)
+def test_forged_round_parameters_are_refused_before_anything_noised_leaves(tmp_path, data, https_server,
+                                                                         federation_in_process, lie):
+    federation = federation_in_process(tmp_path, data, https_server)
     honest = federation.service._round_params
 
     def forged(round, attempt):
@@ -115,7 +38,8 @@ def test_forged_round_parameters_are_refused_before_anything_noised_leaves(tmp_p
         assert federation.uploads(number, "mask") == []  # ... and nothing noised was sent
 
 
-def test_a_hospital_the_coordinator_enrolled_itself_is_caught_by_the_roster(tmp_path, data, https_server):
+def test_a_hospital_the_coordinator_enrolled_itself_is_caught_by_the_roster(tmp_path, data, https_server,
+                                                                            federation_in_process):
     """The coordinator holds every invitation token: it enrolls h03 with its own key and joins only h01, h02.
 
     The real third hospital's key fingerprint is read out over the phone; the roster code the real
@@ -126,7 +50,7 @@ def test_a_hospital_the_coordinator_enrolled_itself_is_caught_by_the_roster(tmp_
     from core.federation.roster import FederationRoster, RosterEntry
     from core.signing import public_key_bytes
 
-    federation = Federation(tmp_path, data, https_server)
+    federation = federation_in_process(tmp_path, data, https_server)
     fake, real_third = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     third = federation.invitations[2]
     federation.service.enroll(token=third.token, hospital_id=third.hospital_id, public_key=public_key_bytes(fake),
@@ -143,7 +67,7 @@ def test_a_hospital_the_coordinator_enrolled_itself_is_caught_by_the_roster(tmp_
     assert federation.service.status == "confirming"  # no round ever opened
 
     # Without a code, the client stops and shows the roster: the third fingerprint is the coordinator's key.
-    federation2 = Federation(tmp_path / "again", data, https_server)
+    federation2 = federation_in_process(tmp_path / "again", data, https_server)
     inv3 = federation2.invitations[2]
     federation2.service.enroll(token=inv3.token, hospital_id="h03", public_key=public_key_bytes(fake), num_images=12)
     federation2.run(numbers=(1, 2), accept_roster=None)
@@ -156,10 +80,11 @@ def test_a_hospital_the_coordinator_enrolled_itself_is_caught_by_the_roster(tmp_
         assert shown["h03"] == fingerprint(public_key_bytes(fake)) != fingerprint(public_key_bytes(real_third))
 
 
-def test_a_reopened_round_is_refused_and_each_release_is_charged_once(tmp_path, data, https_server):
+def test_a_reopened_round_is_refused_and_each_release_is_charged_once(tmp_path, data, https_server,
+                                                                     federation_in_process):
     """After round 1's sum is released, the coordinator (as if restored from an earlier backup) reopens
     round 1 attempt 1. Every hospital refuses to compute it again; attempt 2 is a new, charged release."""
-    federation = Federation(tmp_path, data, https_server, rounds=2)
+    federation = federation_in_process(tmp_path, data, https_server, rounds=2)
     service = federation.service
     finish = service._finish_round
     reopened = []
@@ -188,8 +113,9 @@ def test_a_reopened_round_is_refused_and_each_release_is_charged_once(tmp_path, 
         assert any(e.kind == "error" and "reopened round 1 attempt 1" in e.message for e in federation.events[number])
 
 
-def test_a_coordinator_cannot_drain_budgets_with_attempts_beyond_the_plan(tmp_path, data, https_server):
-    federation = Federation(tmp_path, data, https_server, max_attempts=2)
+def test_a_coordinator_cannot_drain_budgets_with_attempts_beyond_the_plan(tmp_path, data, https_server,
+                                                                        federation_in_process):
+    federation = federation_in_process(tmp_path, data, https_server, max_attempts=2)
     service = federation.service
     open_attempt = service._open_attempt
 
