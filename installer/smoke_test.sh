@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Smoke test of a built bundle: the CLI (version, privacy, demo data, DP training, prediction), the
-# desktop app's background training job, a 2-hospital federation on this computer (coordinator and
+# Smoke test of a built bundle: the CLI (version, privacy, demo data, DP training, prediction), DICOM
+# decoding (one file of every transfer syntax: JPEG, JPEG Lossless, JPEG-LS, JPEG 2000, RLE, deflated,
+# ..., plus multi-frame), the desktop app's background training job, a 2-hospital federation on this computer (coordinator and
 # hospitals as child processes of the bundle, HTTPS, secure aggregation), and the GUI (offscreen: the
 # main window is shown and the app exits cleanly by itself).
 #
@@ -72,6 +73,15 @@ step predict '' "$EXE" predict model.dpm "$image" --json
 if ! grep -Eq '"(No DR|Mild|Moderate|Severe|Proliferative DR)"' "$WORK/predict.log"; then
     echo "FAIL predict: no DR grade in the output" >&2
     tail -n 40 "$WORK/predict.log" >&2
+    exit 1
+fi
+# Compressed DICOM: the bundle writes one SYNTHETIC file per transfer syntax (14 files, 16 frames) with its
+# own encoders and must decode every one, which fails if a decoder plugin or its metadata is missing.
+step dicom-write '' "$EXE" demo-data dicomdemo --hospitals 1 --per-hospital 2 --test-images 0 --size 64 --dicom
+step dicom-decode '"usable": 16,' "$EXE" inspect dicomdemo/dicom --json --min-size 32
+if ! grep -Eq '"problems": \[\],' "$WORK/dicom-decode.log"; then
+    echo "FAIL dicom-decode: some DICOM files did not decode" >&2
+    tail -n 40 "$WORK/dicom-decode.log" >&2
     exit 1
 fi
 # The same command through the alias the federation simulator uses for its child processes.

@@ -22,6 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--test-images", type=int, default=200, metavar="N", help="held-out test images (default 200)")
     demo.add_argument("--size", type=int, default=256, metavar="PX", help="image width and height (default 256)")
     demo.add_argument("--seed", type=int, default=0, metavar="S", help="the same seed gives identical files")
+    demo.add_argument("--dicom", action="store_true",
+                      help="also write OUT/dicom/<grade>/*.dcm: SYNTHETIC Ophthalmic Photography DICOM files, "
+                           "one per transfer syntax (JPEG, JPEG Lossless, JPEG-LS, JPEG 2000, RLE, ...) and "
+                           "two stereo pairs")
     demo.add_argument("--json", action="store_true", help="print only a JSON summary on stdout")
     demo.set_defaults(func=_demo_data)
 
@@ -29,15 +33,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "inspect",
         help="check an image collection before training (validation report)",
         description="Open every image of a collection (class folders, APTOS CSV or DICOM) and report images "
-                    "per class, unreadable/truncated/non-image files, duplicates, too-small images and "
-                    "labels without images or images without labels.",
+                    "per class, unreadable/truncated/non-image files, duplicates, too-small images, "
+                    "labels without images or images without labels, and the collection's make-up: "
+                    "cameras, resolutions, left and right eyes, formats and DICOM compression. Each frame "
+                    "of a multi-frame DICOM file is one image.",
     )
     inspect.add_argument("data", type=Path, metavar="DATA", help="folder of class folders, labels CSV, or folder")
     inspect.add_argument("--labels-csv", type=Path, metavar="CSV", help="labels CSV (id_code,diagnosis) for DATA")
     inspect.add_argument("--min-size", type=int, default=224, metavar="PX",
                          help="report images smaller than this (the model input, default 224)")
+    inspect.add_argument("--fundus-crop", action="store_true",
+                         help="also look for the retina's disc in every image, as training with the fundus "
+                              "crop does, and list the images that would fall back to the plain centre crop")
+    inspect.add_argument("--max-frames", type=int, default=None, metavar="N",
+                         help=f"most frames a multi-frame DICOM file may hold (default {_max_frames()})")
     inspect.add_argument("--json", action="store_true", help="print only the report as JSON on stdout")
     inspect.set_defaults(func=_inspect)
+
+
+def _max_frames() -> int:
+    from core.data.images import MAX_FRAMES_PER_FILE
+
+    return MAX_FRAMES_PER_FILE
 
 
 def _demo_data(args: argparse.Namespace) -> int:
@@ -46,6 +63,10 @@ def _demo_data(args: argparse.Namespace) -> int:
     with progress_bar("Drawing synthetic images", enabled=not args.json) as progress:
         summary = write_demo_data(args.out, hospitals=args.hospitals, per_hospital=args.per_hospital,
                                   test_images=args.test_images, size=args.size, seed=args.seed, progress=progress)
+    if args.dicom:
+        from core.data.dicom_writer import write_dicom_examples
+
+        summary["dicom"] = write_dicom_examples(Path(summary["out"]) / "dicom", size=args.size, seed=args.seed)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -53,13 +74,23 @@ def _demo_data(args: argparse.Namespace) -> int:
     for name, entry in summary["hospitals"].items():
         print(f"  {name}: {entry['images']} images, per grade 0-4: {entry['class_counts']}")
     print(f"  test: {summary['test']['images']} images, per grade 0-4: {summary['test']['class_counts']}")
+    if "dicom" in summary:
+        print(f"  dicom: {summary['dicom']['files']} DICOM files ({summary['dicom']['images']} images), one per "
+              "transfer syntax plus stereo pairs")
     return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from core.data.preprocess import Preprocessing
     from core.data.validation import validate
+    from core.errors import ConfigError
 
+    max_frames = _max_frames() if args.max_frames is None else args.max_frames
+    if max_frames < 1:
+        raise ConfigError(f"--max-frames {max_frames} must be at least 1.")
+    spec = Preprocessing(size=max(8, args.min_size), fundus_crop=True) if args.fundus_crop else None
     with progress_bar("Checking images", enabled=not args.json) as progress:
-        report = validate(args.data, labels_csv=args.labels_csv, min_size=args.min_size, progress=progress)
+        report = validate(args.data, labels_csv=args.labels_csv, min_size=args.min_size, preprocessing=spec,
+                          max_frames=max_frames, progress=progress)
     print(report.to_json() if args.json else report.to_text())
     return 0

@@ -90,7 +90,7 @@ def _predict(args: argparse.Namespace) -> int:
             if p is None:
                 print(f"{item.file}: could not be read")
                 continue
-            line = f"{p.file}: {p.predicted_class} ({_percent(p.probabilities[p.predicted_class])})"
+            line = f"{p.where}: {p.predicted_class} ({_percent(p.probabilities[p.predicted_class])})"
             if p.referable_dr is not None:
                 line += f"; referable DR: {'yes' if p.referable_dr else 'no'} ({_percent(p.referable_dr_probability)})"
             print(line + ("" if p.signer_trusted else " [UNKNOWN SIGNER]" if p.signature_verified

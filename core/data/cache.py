@@ -1,7 +1,8 @@
 """Preprocessed-image cache: decode and resize each image once, then reuse it across runs.
 
-An entry is keyed by the SHA-256 of the file's bytes and the settings that shape the uint8 tensor
-(resize, crop size, pipeline version), so a changed file or changed settings simply miss. Mean and std
+An entry is keyed by the SHA-256 of the file's bytes, the frame (multi-frame DICOM) and the settings
+that shape the uint8 tensor (resize, crop size, fundus crop, local contrast, pipeline version), so a
+changed file or changed settings simply miss. Mean and std
 are applied later by ``normalize`` and are deliberately not part of the key. Entries are plain ``.npy``
 arrays read with ``allow_pickle=False``; an entry that is unreadable or has the wrong shape is rebuilt.
 Hashing a file costs far less than decoding it, which is what makes a warm cache fast.
@@ -24,20 +25,23 @@ import numpy as np
 import torch
 
 from core.data.dataset import Sample
-from core.data.images import ImageReadError, decode_image
+from core.data.images import ImageFile, ImageReadError, open_image
 from core.data.preprocess import Preprocessing, resize_crop
 from core.errors import DataError
 from core.jobs import NEVER_CANCELLED, CancelToken, ProgressFn, no_progress
 
-CACHE_VERSION = 1
-"""Bump when decoding or resizing changes, so old entries are not reused."""
+CACHE_VERSION = 2
+"""Bump when decoding or resizing changes, so old entries are not reused. 2: VOI LUT and palette
+decoding, frames of multi-frame files, the fundus crop."""
 
 UNLABELLED = -1
 """Label stored for samples without one (e.g. images to diagnose)."""
 
 
-def cache_key(content_sha256: str, spec: Preprocessing) -> str:
-    settings = f"v{CACHE_VERSION}|size={spec.size}|resize={spec.resize_to}"
+def cache_key(content_sha256: str, spec: Preprocessing, frame: int | None = None) -> str:
+    settings = f"v{CACHE_VERSION}|{spec.cache_settings()}"
+    if frame is not None:
+        settings += f"|frame={frame}"
     return hashlib.sha256(f"{content_sha256}|{settings}".encode()).hexdigest()
 
 
@@ -56,15 +60,23 @@ def load_tensors(samples: list[Sample], spec: Preprocessing, *, cache_dir: Path 
     labels = torch.tensor([UNLABELLED if s.label is None else int(s.label) for s in samples], dtype=torch.int64)
     done_this_run: dict[str, int] = {}  # the same content twice is decoded once
     hits = 0
+    # The frames of one file are consecutive samples: its bytes, hash and parsed header are kept for the
+    # next frame instead of being read again.
+    last: tuple[Path, bytes, str] | None = None
+    opened: ImageFile | None = None
     for index, sample in enumerate(samples):
         cancel.check()
-        progress(index / max(len(samples), 1), f"Loading {sample.path.name}")
-        try:
-            data = Path(sample.path).read_bytes()
-        except OSError as exc:
-            raise DataError(f"{Path(sample.path).name}: cannot be read ({exc.strerror or exc}); run "
-                            "'dopamine inspect' on the dataset.") from exc
-        key = cache_key(hashlib.sha256(data).hexdigest(), spec)
+        progress(index / max(len(samples), 1), f"Loading {sample.name}")
+        path = Path(sample.path)
+        if last is None or last[0] != path:
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise DataError(f"{path.name}: cannot be read ({exc.strerror or exc}); run "
+                                "'dopamine inspect' on the dataset.") from exc
+            last, opened = (path, data, hashlib.sha256(data).hexdigest()), None
+        _, data, digest = last
+        key = cache_key(digest, spec, sample.frame)
         if key in done_this_run:
             images[index] = images[done_this_run[key]]
             continue
@@ -75,7 +87,9 @@ def load_tensors(samples: list[Sample], spec: Preprocessing, *, cache_dir: Path 
             hits += 1
         else:
             try:
-                tensor = resize_crop(decode_image(data, Path(sample.path).name), spec)
+                if opened is None:
+                    opened = open_image(data, path.name)
+                tensor = resize_crop(opened.frame(sample.frame or 0), spec)
             except ImageReadError as exc:
                 raise DataError(f"{exc} Run 'dopamine inspect' on the dataset to list every bad file.") from exc
             images[index] = tensor

@@ -27,8 +27,20 @@ _CSV_MAX_BYTES = 64 * 1024 * 1024  # far above any real label list; refuses a ho
 
 @dataclass
 class Sample:
+    """One image: a file, or one frame of a multi-frame DICOM file (``frame``, 0-based)."""
+
     path: Path
     label: int | None
+    frame: int | None = None
+    """None for a single-image file; the frame's index in a multi-frame file."""
+    laterality: str | None = None
+    """"L" or "R" when the file says which eye (DICOM header, or a _left/_right file name); set by
+    validation. Random left-right flips in training turn one into the other, so they are recorded."""
+
+    @property
+    def name(self) -> str:
+        """The file name, with the frame number (1-based, as viewers count) for a frame of a series."""
+        return self.path.name if self.frame is None else f"{self.path.name} [frame {self.frame + 1}]"
 
 
 @dataclass

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-PROBLEM_KINDS = ("unreadable", "truncated", "not_image", "duplicate", "too_small",
-                 "no_image_for_csv_row", "no_label")
+PROBLEM_KINDS = ("unreadable", "truncated", "not_image", "too_many_frames", "duplicate", "too_small",
+                 "no_fundus_disc", "no_image_for_csv_row", "no_label")
+
+NOTES = frozenset({"too_small", "no_fundus_disc"})
+"""Kinds that do not cost an image: it is used all the same (upscaled; plain crop instead of the retina's)."""
 
 
 @dataclass

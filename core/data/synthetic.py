@@ -16,6 +16,9 @@ Lesion counts of adjacent grades overlap and lesion contrast varies per image, s
 3 vs 2 stay hard, as in real data. Each hospital has its own camera style (colour cast, exposure, blur,
 field of view, rotation, dust spots) and a label mix close to APTOS 2019. Everything is vectorised numpy
 and Pillow drawing; the same seed gives byte-identical PNG files.
+
+Why one module (about 510 lines): one generator of synthetic fundus photographs, lesion by lesion;
+its parts only make sense together.
 """
 
 from __future__ import annotations
@@ -408,6 +411,35 @@ def generate_fundus(grade: int, *, size: int, rng: np.random.Generator, style: H
         image = image.filter(ImageFilter.GaussianBlur(style.blur * size / 256 * rng.uniform(0.8, 1.2)))
     angle = rng.uniform(-style.rotation, style.rotation)
     return image.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
+
+
+# --- one camera's framing ----------------------------------------------------------------------------
+
+_FULL_FIELD = HospitalStyle(
+    name="full_field", colour_cast=(1.0, 1.0, 1.0), exposure=1.0, gamma=1.0, blur=0.0, rotation=0.0,
+    field_of_view=1.25, shift=(0.0, 0.0), noise=1.5, dust_spots=(), label_mix=APTOS_LABEL_MIX)
+
+
+def camera_photograph(grade: int, *, width: int, height: int, centre: tuple[float, float], radius: float,
+                      seed: int = 0, surround: float = 6.0, label: str | None = None) -> Image.Image:
+    """A SYNTHETIC fundus photograph framed as a given camera frames it: the retina a disc of exactly
+    ``radius`` px centred at ``centre`` (it may leave the frame), a dark surround of level ``surround``
+    with sensor noise, and an optional burnt-in ``label`` (as cameras print the eye and the date)."""
+    rng = np.random.default_rng([_u32(seed), 0xCA3])
+    side = max(32, int(math.ceil(2 * radius)))
+    retina = generate_fundus(grade, size=side, rng=rng, style=_FULL_FIELD)  # fills its square: clipped below
+    canvas = np.clip(rng.normal(surround, 1.5, size=(height, width, 3)), 0, 255).astype(np.float32)
+    layer = np.zeros_like(canvas)
+    left, top = round(centre[0] - side / 2), round(centre[1] - side / 2)
+    x0, y0, x1, y1 = max(0, left), max(0, top), min(width, left + side), min(height, top + side)
+    if x1 > x0 and y1 > y0:
+        layer[y0:y1, x0:x1] = np.asarray(retina, dtype=np.float32)[y0 - top:y1 - top, x0 - left:x1 - left]
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
+    inside = np.clip(radius - np.hypot(xs - centre[0], ys - centre[1]) + 0.5, 0.0, 1.0)[..., None]
+    image = Image.fromarray(np.clip(layer * inside + canvas * (1 - inside) + 0.5, 0, 255).astype(np.uint8), "RGB")
+    if label:
+        ImageDraw.Draw(image).text((6, 6), label, fill=(235, 235, 235))
+    return image
 
 
 # --- the demo collection ----------------------------------------------------------------------------

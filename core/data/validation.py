@@ -1,30 +1,35 @@
-"""The validation report shown before any training: what is usable, and what is wrong with the rest.
+"""The validation report shown before any training: what is usable, what is wrong with the rest, and the
+collection's make-up (cameras, resolutions, left and right eyes, formats).
 
 Bad files never stop validation; each becomes a Problem with a reason. Only an unusable collection as
-a whole (nothing found) raises DataError.
+a whole (nothing found) raises DataError. Each frame of a multi-frame DICOM file is one sample.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import statistics
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.data.dataset import Sample, open_dataset
-from core.data.images import ImageReadError, decode_image
-from core.data.problems import PROBLEM_KINDS, Problem
+from core.data.images import MAX_FRAMES_PER_FILE, ImageInfo, ImageReadError, open_image
+from core.data.problems import NOTES, PROBLEM_KINDS, Problem
 from core.jobs import NEVER_CANCELLED, CancelToken, ProgressFn, no_progress
 
-__all__ = ["Problem", "ValidationReport", "validate", "file_sha256"]
+__all__ = ["Problem", "ValidationReport", "validate", "file_sha256", "make_up"]
 
 _PROBLEM_TITLES = {
     "unreadable": "Unreadable files (skipped)",
     "truncated": "Truncated files (skipped)",
     "not_image": "Not image files (skipped)",
+    "too_many_frames": "Files with too many frames (skipped)",
     "duplicate": "Exact duplicates (only the first copy is used)",
     "too_small": "Smaller than the model input (used, upscaled)",
+    "no_fundus_disc": "No retina found for the fundus crop (used with the plain resize and centre crop)",
     "no_image_for_csv_row": "CSV rows with no image",
     "no_label": "Images with no label (skipped)",
 }
@@ -38,10 +43,14 @@ class ValidationReport:
     class_counts: dict[str, int]
     total_files: int
     usable: int
+    """Usable images (samples): a multi-frame file counts once per frame."""
     problems: list[Problem]
     duplicates: list[list[str]]
     min_size: int
     usable_samples: list[Sample] = field(default_factory=list, repr=False)
+    usable_files: int = 0
+    make_up: dict[str, Any] = field(default_factory=dict)
+    """Cameras, resolutions, laterality, formats (see ``make_up``); fundus-crop results when checked."""
 
     def problem_counts(self) -> dict[str, int]:
         return {kind: sum(1 for p in self.problems if p.kind == kind) for kind in PROBLEM_KINDS}
@@ -56,14 +65,16 @@ class ValidationReport:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False)
 
     def to_text(self, max_listed: int = 20) -> str:
+        frames = f" (from {self.usable_files} files)" if self.usable_files != self.usable else ""
         lines = [
             f"Dataset: {self.root}",
-            f"Layout: {self.layout}   Files: {self.total_files}   Usable images: {self.usable}",
+            f"Layout: {self.layout}   Files: {self.total_files}   Usable images: {self.usable}{frames}",
             "Images per class:",
         ]
         width = max((len(c) for c in self.classes), default=0)
         for name in self.classes:
             lines.append(f"  {name:<{width}}  {self.class_counts.get(name, 0)}")
+        lines += make_up_lines(self.make_up)
         counts = self.problem_counts()
         if not self.problems:
             lines.append("No problems found.")
@@ -81,20 +92,34 @@ class ValidationReport:
                 lines.append(f"  ... and {len(listed) - max_listed} more (use --json for the full list)")
         return "\n".join(lines)
 
+    @property
+    def serious_problems(self) -> int:
+        """Problems that cost a file or a row (small images and fundus-crop fallbacks are still used)."""
+        return sum(1 for p in self.problems if p.kind not in NOTES)
+
 
 def file_sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def validate(path: Path, *, labels_csv: Path | None = None, min_size: int = 224,
-             progress: ProgressFn = no_progress, cancel: CancelToken = NEVER_CANCELLED) -> ValidationReport:
-    """Open and fully decode every image of the collection at ``path``; report what is usable and why not."""
+def validate(path: Path, *, labels_csv: Path | None = None, min_size: int = 224, preprocessing: Any = None,
+             max_frames: int = MAX_FRAMES_PER_FILE, progress: ProgressFn = no_progress,
+             cancel: CancelToken = NEVER_CANCELLED) -> ValidationReport:
+    """Open and fully decode every image of the collection at ``path``; report what is usable and why not.
+
+    ``preprocessing`` (core.data.preprocess.Preprocessing): with ``fundus_crop`` on, every image is also
+    searched for the retina's disc, and images where none is found are reported (they fall back to the
+    plain pipeline). ``max_frames``: the most frames a multi-frame file may hold.
+    """
     dataset = open_dataset(Path(path), labels_csv=labels_csv)
     problems: list[Problem] = list(dataset.issues)
     first_by_hash: dict[str, Sample] = {}
     groups: dict[str, list[str]] = {}
     usable: list[Sample] = []
+    infos: list[ImageInfo] = []
+    fundus = _FundusCheck() if preprocessing is not None and getattr(preprocessing, "fundus_crop", False) else None
     total = len(dataset.samples)
+    usable_files = 0
     for done, sample in enumerate(dataset.samples):
         cancel.check()
         progress(done / max(total, 1), f"Checking {sample.path.name}")
@@ -112,13 +137,24 @@ def validate(path: Path, *, labels_csv: Path | None = None, min_size: int = 224,
             problems.append(Problem(str(sample.path), "duplicate", f"same content as {first.path}{note}"))
             continue
         try:
-            image = decode_image(data, sample.path.name)
+            opened = open_image(data, sample.path.name, max_frames=max_frames)
+            info = opened.info
+            frames = []
+            for index, image in enumerate(opened.frames()):
+                cancel.check()
+                if fundus is not None:
+                    fundus.check(image, sample, index if info.frames > 1 else None, problems)
+                frames.append(image.size)
         except ImageReadError as exc:
             problems.append(Problem(str(sample.path), exc.kind, _without_name(str(exc), sample.path.name)))
             continue
         first_by_hash[digest] = sample
-        usable.append(sample)
-        width, height = image.size
+        usable_files += 1
+        for index in range(info.frames):
+            usable.append(Sample(sample.path, sample.label, frame=index if info.frames > 1 else None,
+                                 laterality=info.laterality))
+            infos.append(info)
+        width, height = frames[0]
         if min(width, height) < min_size:
             problems.append(Problem(str(sample.path), "too_small",
                                     f"{width}x{height} px is smaller than the model input of {min_size} px; "
@@ -129,11 +165,124 @@ def validate(path: Path, *, labels_csv: Path | None = None, min_size: int = 224,
     for sample in usable:
         if sample.label is not None:
             class_counts[dataset.classes[sample.label]] += 1
+    summary = make_up(infos)
+    if fundus is not None:
+        summary["fundus_crop"] = fundus.summary()
     return ValidationReport(
         root=str(dataset.root), layout=dataset.layout, classes=list(dataset.classes), class_counts=class_counts,
-        total_files=total + len(dataset.unused_files), usable=len(usable), problems=problems, duplicates=list(groups.values()),
-        min_size=min_size, usable_samples=usable,
+        total_files=total + len(dataset.unused_files), usable=len(usable), problems=problems,
+        duplicates=list(groups.values()), min_size=min_size, usable_samples=usable, usable_files=usable_files,
+        make_up=summary,
     )
+
+
+class _FundusCheck:
+    """Counts how the fundus crop fares on each image; a fallback is reported as a (non-serious) problem."""
+
+    def __init__(self) -> None:
+        self.checked = self.found = self.partial = 0
+        self.reasons: Counter[str] = Counter()
+
+    def check(self, image, sample: Sample, frame: int | None, problems: list[Problem]) -> None:
+        from core.data.fundus import find_disc
+
+        self.checked += 1
+        search = find_disc(image)
+        if search.disc is None:
+            self.reasons[search.reason] += 1
+            where = str(sample.path) if frame is None else f"{sample.path} [frame {frame + 1}]"
+            problems.append(Problem(where, "no_fundus_disc",
+                                    f"{search.reason}; the plain resize and centre crop is used"))
+            return
+        self.found += 1
+        self.partial += int(search.disc.partial)
+
+    def summary(self) -> dict[str, Any]:
+        return {"checked": self.checked, "disc_found": self.found, "disc_cut_by_frame": self.partial,
+                "fell_back": self.checked - self.found, "fallback_reasons": dict(self.reasons.most_common())}
+
+
+def make_up(infos: list[ImageInfo]) -> dict[str, Any]:
+    """The collection's make-up, one entry per usable image: cameras/devices, resolutions, laterality,
+    formats and DICOM transfer syntaxes, field of view. "unknown" where the files do not say."""
+    if not infos:
+        return {}
+    sides = Counter(info.laterality or "unknown" for info in infos)
+    widths = [info.width for info in infos]
+    heights = [info.height for info in infos]
+    resolutions = Counter(info.resolution for info in infos)
+    result: dict[str, Any] = {
+        "images": len(infos),
+        "devices": _unknown_last(Counter(info.device or "unknown" for info in infos)),
+        "resolution": {
+            "distinct": len(resolutions),
+            "most_common": [[name, count] for name, count in resolutions.most_common(5)],
+            "width": {"min": min(widths), "median": statistics.median(widths), "max": max(widths)},
+            "height": {"min": min(heights), "median": statistics.median(heights), "max": max(heights)},
+        },
+        "laterality": {"left": sides.get("L", 0), "right": sides.get("R", 0), "unknown": sides.get("unknown", 0)},
+        "formats": dict(Counter(info.format or "unknown" for info in infos).most_common()),
+    }
+    syntaxes = Counter(info.transfer_syntax for info in infos if info.format == "DICOM" and info.transfer_syntax)
+    if syntaxes:
+        result["dicom_transfer_syntaxes"] = dict(syntaxes.most_common())
+    views = Counter(info.field_of_view for info in infos if info.field_of_view)
+    if views:
+        result["field_of_view"] = dict(views.most_common())
+    multi = [info for info in infos if info.frames > 1]
+    if multi:
+        result["multi_frame"] = {"images": len(multi), "files": len({id(info) for info in multi})}
+    return result
+
+
+def _unknown_last(counts: Counter[str]) -> dict[str, int]:
+    ordered = dict(counts.most_common())
+    if "unknown" in ordered:
+        ordered["unknown"] = ordered.pop("unknown")
+    return ordered
+
+
+def make_up_lines(summary: dict[str, Any]) -> list[str]:
+    """The make-up as indented report lines (empty when there is nothing to say)."""
+    if not summary:
+        return []
+    lines = ["Make-up:"]
+    devices = summary.get("devices", {})
+    if set(devices) != {"unknown"}:
+        lines.append("  Cameras/devices: " + ", ".join(f"{name} {count}" for name, count in devices.items()))
+    else:
+        lines.append("  Cameras/devices: not recorded in the files")
+    resolution = summary.get("resolution", {})
+    if resolution:
+        width, height = resolution["width"], resolution["height"]
+        common = ", ".join(f"{name} ({count})" for name, count in resolution["most_common"])
+        lines.append(f"  Resolutions: {resolution['distinct']} distinct; width {width['min']}-{width['max']} "
+                     f"(median {width['median']:g}), height {height['min']}-{height['max']} "
+                     f"(median {height['median']:g}); most common {common}")
+    sides = summary.get("laterality", {})
+    if sides:
+        if sides["left"] or sides["right"]:
+            known = sides["left"] + sides["right"]
+            lines.append(f"  Eyes: left {sides['left']}, right {sides['right']} ({sides['left'] / known:.0%} left), "
+                         f"unknown {sides['unknown']}")
+        else:
+            lines.append("  Eyes: laterality not recorded in the files")
+    lines.append("  Formats: " + ", ".join(f"{name} {count}" for name, count in summary.get("formats", {}).items()))
+    if "dicom_transfer_syntaxes" in summary:
+        lines.append("  DICOM compression: " + ", ".join(
+            f"{name} {count}" for name, count in summary["dicom_transfer_syntaxes"].items()))
+    if "field_of_view" in summary:
+        lines.append("  Field of view: " + ", ".join(f"{name} {count}" for name, count in summary["field_of_view"].items()))
+    if "multi_frame" in summary:
+        multi = summary["multi_frame"]
+        lines.append(f"  Multi-frame: {multi['images']} images from {multi['files']} file(s) (each frame is one image)")
+    crop = summary.get("fundus_crop")
+    if crop:
+        lines.append(f"  Fundus crop: retina found in {crop['disc_found']} of {crop['checked']} images "
+                     f"({crop['disc_cut_by_frame']} cut by the frame); {crop['fell_back']} use the plain crop")
+        for reason, count in crop.get("fallback_reasons", {}).items():
+            lines.append(f"    {count}: {reason}")
+    return lines
 
 
 def _without_name(message: str, name: str) -> str:

@@ -1,6 +1,7 @@
 """Batch prediction: many files to a CSV, an HTML report and heatmap images.
 
-A file that cannot be decoded is reported and the batch goes on; a model that cannot predict stops it.
+Each frame of a multi-frame DICOM file is one item (the file name plus its frame number). A file that
+cannot be decoded is reported and the batch goes on; a model that cannot predict stops it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from core.data import load_image
+from core.data.images import ImageFile, open_image_file
 from core.errors import DataError, DopamineError
 from core.inference.files import find_images
 from core.inference.output import check_writable, write_output
@@ -49,6 +50,8 @@ class BatchConfig:
 class BatchItem:
     file: str
     prediction: Prediction | None = None
+    frame: int | None = None
+    """The frame's index (0-based) in a multi-frame file; None for a single image."""
     error: str | None = None
     saliency_method: str | None = None
     heatmap_file: str | None = None
@@ -106,14 +109,25 @@ def _heatmap_names(files: list[Path]) -> dict[Path, Path]:
     return {f: f.resolve().relative_to(root).with_name(f.name + ".heatmap.png") for f in files}
 
 
-def _read(path: Path) -> Image.Image:
-    """Decode an untrusted file; any decoder failure becomes a DataError for this file only."""
+def _frame_name(name: Path, frame: int | None) -> Path:
+    """a.dcm.heatmap.png for a single image, a.dcm.frame2.heatmap.png for frame index 1 of a series."""
+    if frame is None:
+        return name
+    return name.with_name(name.name.removesuffix(".heatmap.png") + f".frame{frame + 1}.heatmap.png")
+
+
+def _guarded(path: Path, action):
+    """Run a decoding step on an untrusted file; any decoder failure becomes a DataError for this file."""
     try:
-        return load_image(path)
+        return action()
     except DopamineError:
         raise
     except Exception as exc:  # noqa: BLE001 - hostile files can break decoders in any way
         raise DataError(f"{path.name}: could not be decoded ({type(exc).__name__}); check the file.") from exc
+
+
+def _read(path: Path) -> ImageFile:
+    return _guarded(path, lambda: open_image_file(path))
 
 
 def predict_files(
@@ -134,30 +148,47 @@ def predict_files(
     for index, path in enumerate(files):
         cancel.check()
         progress(index / total, f"{index + 1}/{len(files)} {path.name}")
-        item = BatchItem(file=str(path))
         try:
-            image = _read(path)
+            opened = _read(path)
         except DataError as exc:
-            item.error = str(exc)
+            frames: list[int | None] = [None]
+            opened, opening_error = None, str(exc)
         else:
-            item.prediction = predictor.predict_image(image, file=str(path))
-            if thumbnails:
-                item.thumbnail_jpeg = _jpeg(image)
-            if heatmaps is not None or (thumbnails and report_heatmaps):
-                saliency = predictor.saliency(image, target_index=item.prediction.predicted_index)
-                item.saliency_method = saliency.method
-                blended = overlay(predictor.model_view(image), saliency.heatmap, opacity=HEATMAP_OPACITY)
-                if heatmaps is not None:
-                    target = heatmaps / names[path]
-                    write_output(target, _png(blended))
-                    item.heatmap_file = str(target)
-                if thumbnails and report_heatmaps:
-                    item.heatmap_jpeg = _jpeg(blended)
-        items.append(item)
-        if on_item is not None:
-            on_item(item)
+            frames = [None] if opened.info.frames == 1 else list(range(opened.info.frames))
+            opening_error = None
+        for frame in frames:
+            cancel.check()
+            item = BatchItem(file=str(path), frame=frame, error=opening_error)
+            if opened is not None:
+                _predict_item(predictor, item, opened, path, heatmaps / _frame_name(names[path], frame)
+                              if heatmaps is not None else None, thumbnails, report_heatmaps)
+            items.append(item)
+            if on_item is not None:
+                on_item(item)
     progress(1.0, f"{len(files)} files done")
     return items
+
+
+def _predict_item(predictor: Predictor, item: BatchItem, opened: ImageFile, path: Path, heatmap: Path | None,
+                  thumbnails: bool, report_heatmaps: bool) -> None:
+    try:
+        image = _guarded(path, lambda: opened.frame(item.frame or 0))
+    except DataError as exc:
+        item.error = str(exc)
+        return
+    item.prediction = predictor.predict_image(image, file=str(path), frame=item.frame,
+                                              laterality=opened.info.laterality)
+    if thumbnails:
+        item.thumbnail_jpeg = _jpeg(image)
+    if heatmap is not None or (thumbnails and report_heatmaps):
+        saliency = predictor.saliency(image, target_index=item.prediction.predicted_index)
+        item.saliency_method = saliency.method
+        blended = overlay(predictor.model_view(image), saliency.heatmap, opacity=HEATMAP_OPACITY)
+        if heatmap is not None:
+            write_output(heatmap, _png(blended))
+            item.heatmap_file = str(heatmap)
+        if thumbnails and report_heatmaps:
+            item.heatmap_jpeg = _jpeg(blended)
 
 
 def batch_result(predictor: Predictor, items: list[BatchItem]) -> BatchResult:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.data import DR_CLASSES, Preprocessing, load_image, preprocess, resize_crop
+from core.data import DR_CLASSES, Preprocessing, prepare, preprocess
 from core.errors import ConfigError, InferenceError, ModelError, ModelPackageError
 from core.inference.saliency import Saliency, compute_saliency
 from core.models.package import ModelCard, ModelPackage, load_model, read_package
@@ -41,6 +41,20 @@ class Prediction:
     """P(grade >= 2) for diabetic-retinopathy models, else None."""
     signer_trusted: bool = False
     signer_fingerprint: str = ""
+    frame: int | None = None
+    """The frame's index (0-based) in a multi-frame file; None for a single image. Shown 1-based."""
+    laterality: str | None = None
+    """"L"/"R" when the file says which eye."""
+
+    @property
+    def frame_number(self) -> int | None:
+        """The frame as viewers count it (1-based), or None."""
+        return None if self.frame is None else self.frame + 1
+
+    @property
+    def where(self) -> str:
+        """The file, with the frame (1-based) for a frame of a multi-frame file."""
+        return self.file if self.frame is None else f"{self.file} [frame {self.frame + 1}]"
 
     @property
     def referable_dr(self) -> bool | None:
@@ -60,6 +74,10 @@ class Prediction:
             "signer_trusted": self.signer_trusted,
             "signer_fingerprint": self.signer_fingerprint,
         }
+        if self.frame is not None:
+            out["frame"] = self.frame_number
+        if self.laterality is not None:
+            out["laterality"] = self.laterality
         if self.referable_dr_probability is not None:
             out["referable_dr_probability"] = self.referable_dr_probability
             out["referable_dr"] = self.referable_dr
@@ -120,16 +138,19 @@ class Predictor:
         return preprocess(image.convert("RGB"), self.spec).unsqueeze(0)
 
     def model_view(self, image: Image.Image) -> Image.Image:
-        """The resized, center-cropped picture the model sees, before normalization (for overlays)."""
-        pixels = resize_crop(image.convert("RGB"), self.spec)
-        return Image.fromarray(pixels.permute(1, 2, 0).contiguous().numpy())
+        """The picture the model sees (resized and cropped: centre or retina), before normalization."""
+        return prepare(image.convert("RGB"), self.spec).image
 
-    def crop_box(self, image_size: tuple[int, int]) -> tuple[float, float, float, float]:
+    def crop_box(self, image_size: tuple[int, int], image: Image.Image | None = None) -> tuple[float, float, float, float]:
         """(left, top, width, height) of the region the model sees, in the original image's pixels.
 
-        Mirrors core.data.resize_crop (short side resized, then a center crop), so a heatmap can be
-        drawn over the full-resolution image in the viewer.
+        Mirrors core.data.preprocess, so a heatmap can be drawn over the full-resolution image in the
+        viewer. With the card's fundus crop the region depends on where the retina is, so ``image`` is
+        needed (without it, the plain centre crop's region is returned). The region may extend past the
+        frame where the retina is cut by it.
         """
+        if self.spec.fundus_crop and image is not None:
+            return prepare(image.convert("RGB"), self.spec).box
         width, height = image_size
         size = self.spec.size
         scale = self.spec.resize_to / min(width, height)
@@ -151,14 +172,23 @@ class Predictor:
             )
         return torch.softmax(logits.float(), dim=1)
 
-    def predict_image(self, image: Image.Image, *, file: str = "") -> Prediction:
-        """Predict one decoded image."""
+    def predict_image(self, image: Image.Image, *, file: str = "", frame: int | None = None,
+                      laterality: str | None = None) -> Prediction:
+        """Predict one decoded image (``frame``, ``laterality``: what the file said, for the report)."""
         probs = self.probabilities(self.input_tensor(image))[0]
-        return self._prediction(file, probs.numpy())
+        prediction = self._prediction(file, probs.numpy())
+        prediction.frame, prediction.laterality = frame, laterality
+        return prediction
 
-    def predict_file(self, path: Path) -> Prediction:
-        """Decode (PNG, JPEG, DICOM, ...) and predict; DataError for unreadable files."""
-        return self.predict_image(load_image(Path(path)), file=str(path))
+    def predict_file(self, path: Path, frame: int | None = None) -> Prediction:
+        """Decode (PNG, JPEG, DICOM, ...) and predict frame ``frame`` (0-based; multi-frame DICOM only);
+        DataError for unreadable files."""
+        from core.data.images import open_image_file
+
+        opened = open_image_file(Path(path))
+        index = frame if opened.info.frames > 1 else None
+        return self.predict_image(opened.frame(frame or 0), file=str(path), frame=index,
+                                  laterality=opened.info.laterality)
 
     def _prediction(self, file: str, probs: np.ndarray) -> Prediction:
         index = int(np.argmax(probs))

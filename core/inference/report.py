@@ -28,12 +28,19 @@ def _cell(text: str) -> str:
 
 
 def csv_columns(classes: list[str]) -> list[str]:
-    return ["file", "predicted_class", *(f"p_{name}" for name in classes), "referable_dr_probability",
-            "model_sha256", "signature_verified", "signer_trusted", "signer_fingerprint", "error"]
+    return ["file", "frame", "laterality", "predicted_class", *(f"p_{name}" for name in classes),
+            "referable_dr_probability", "model_sha256", "signature_verified", "signer_trusted",
+            "signer_fingerprint", "error"]
+
+
+def _frame_number(frame: int | None) -> str:
+    """Frames are numbered from 1, as DICOM viewers count them; empty for a single image."""
+    return "" if frame is None else str(frame + 1)
 
 
 def csv_text(result: BatchResult) -> str:
-    """One row per file: failures keep their row, with the reason in ``error``."""
+    """One row per image (each frame of a multi-frame file has its own): failures keep their row, with
+    the reason in ``error``."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow([_cell(c) for c in csv_columns(result.classes)])
@@ -41,13 +48,13 @@ def csv_text(result: BatchResult) -> str:
         p = item.prediction
         if p is None:
             probabilities = [""] * len(result.classes)
-            row = [item.file, "", *probabilities, "", result.model_sha256, result.signature_verified,
-                   result.signer_trusted, result.signer_fingerprint, item.error]
+            row = [item.file, _frame_number(item.frame), "", "", *probabilities, "", result.model_sha256,
+                   result.signature_verified, result.signer_trusted, result.signer_fingerprint, item.error]
         else:
             probabilities = [f"{p.probabilities[name]:.6f}" for name in result.classes]
             referable = "" if p.referable_dr_probability is None else f"{p.referable_dr_probability:.6f}"
-            row = [p.file, p.predicted_class, *probabilities, referable, p.model_sha256, p.signature_verified,
-                   p.signer_trusted, p.signer_fingerprint, ""]
+            row = [p.file, _frame_number(p.frame), p.laterality or "", p.predicted_class, *probabilities,
+                   referable, p.model_sha256, p.signature_verified, p.signer_trusted, p.signer_fingerprint, ""]
         writer.writerow([_cell(str(v).lower() if isinstance(v, bool) else str(v)) for v in row])
     return buffer.getvalue()
 
@@ -118,7 +125,8 @@ def html_text(result: BatchResult, package: ModelPackage) -> str:
             )
             method = f'<div class="small">{esc(item.saliency_method)}</div>' if item.saliency_method else ""
             row = (f"<tr><td>{_data_uri(item.thumbnail_jpeg)}</td><td>{_data_uri(item.heatmap_jpeg)}{method}</td>"
-                   f'<td class="file">{esc(p.file)}</td><td><b>{esc(p.predicted_class)}</b></td><td>{bars}</td>')
+                   f'<td class="file">{esc(p.file)}{_where(p.frame, p.laterality)}</td>'
+                   f"<td><b>{esc(p.predicted_class)}</b></td><td>{bars}</td>")
             if dr:
                 referable = p.referable_dr_probability or 0.0
                 verdict = "Refer" if p.referable_dr else "No referral"
@@ -129,10 +137,21 @@ def html_text(result: BatchResult, package: ModelPackage) -> str:
     if result.failures:
         parts.append("<h2>Files that could not be read</h2><table><tr><th>File</th><th>Reason</th></tr>")
         for item in result.failures:
-            parts.append(f'<tr><td class="file">{esc(item.file)}</td><td>{esc(item.error or "")}</td></tr>')
+            parts.append(f'<tr><td class="file">{esc(item.file)}{_where(item.frame, None)}</td>'
+                         f'<td>{esc(item.error or "")}</td></tr>')
         parts.append("</table>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _where(frame: int | None, laterality: str | None) -> str:
+    """The frame of a series and the eye, under the file name (both only when known)."""
+    words = []
+    if frame is not None:
+        words.append(f"frame {frame + 1}")
+    if laterality in ("L", "R"):
+        words.append("left eye" if laterality == "L" else "right eye")
+    return f'<div class="small">{html.escape(", ".join(words))}</div>' if words else ""
 
 
 def write_html(path: Path, result: BatchResult, package: ModelPackage) -> None:

@@ -1,21 +1,30 @@
-"""Data: choose the hospital's images, check them in the background, see balance, samples, problems."""
+"""Data: choose the hospital's images, check them in the background, see balance, make-up (cameras,
+resolutions, eyes), samples, problems, and a few images before and after preprocessing (plain, or cropped
+to the retina)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QFileDialog,
+    QGridLayout,
     QHBoxLayout,
     QHeaderView,
+    QLabel,
     QTableWidget,
     QTableWidgetItem,
     QWidget,
 )
 
+from core.jobs import NEVER_CANCELLED, CancelToken, ProgressFn, no_progress
 from gui.context import AppContext
 from gui.dialogs import show_error
 from gui.widgets.common import Banner, Card, button, label
@@ -26,21 +35,126 @@ from gui.widgets.plots import BarChart
 from gui.widgets.thumbnails import ThumbnailGrid, make_thumbnails
 
 THUMBNAILS_PER_CLASS = 6
+PREVIEW_IMAGES = 4
+PREVIEW_PX = 150
 
 PROBLEM_WORDS = {
     "unreadable": "Cannot be read",
     "truncated": "Damaged (file cut short)",
     "not_image": "Not an image",
     "duplicate": "Duplicate of another file",
+    "too_many_frames": "Too many frames",
     "too_small": "Small image (used, enlarged)",
+    "no_fundus_disc": "Retina not found (plain crop used)",
     "no_image_for_csv_row": "CSV row without image",
     "no_label": "No grade / label",
 }
 
 
 def serious_problems(report: Any) -> int:
-    """Problems that cost a file (small images are reported but still used)."""
-    return sum(1 for p in report.problems if p.kind != "too_small")
+    """Problems that cost a file (small images, and images the fundus crop leaves to the plain crop, are
+    reported but still used)."""
+    from core.data.problems import NOTES
+
+    return sum(1 for p in report.problems if p.kind not in NOTES)
+
+
+@dataclass
+class PreviewPair:
+    """One image before and after preprocessing (QImages: they may be built on a worker thread)."""
+
+    name: str
+    before: QImage
+    after: QImage
+    note: str
+
+
+def _qimage(image) -> QImage:
+    rgb = image.convert("RGB")
+    return QImage(rgb.tobytes(), rgb.width, rgb.height, rgb.width * 3, QImage.Format.Format_RGB888).copy()
+
+
+def make_previews(samples: list[Any], fundus_crop: bool, local_contrast: bool, *, size: int = PREVIEW_PX,
+                  progress: ProgressFn = no_progress, cancel: CancelToken = NEVER_CANCELLED,
+                  on_event=None) -> int:
+    """Decode each sample and emit a PreviewPair: the photograph, and what the model would see with these
+    options (a worker job; the UI thread never decodes)."""
+    from core.data.images import load_image
+    from core.data.preprocess import Preprocessing, prepare
+    from core.errors import DataError
+
+    spec = Preprocessing(size=size, fundus_crop=fundus_crop, local_contrast=local_contrast)
+    made = 0
+    for index, sample in enumerate(samples):
+        cancel.check()
+        try:
+            image = load_image(Path(sample.path), frame=sample.frame or 0)
+        except DataError:
+            continue
+        prepared = prepare(image, spec)
+        if prepared.search is None:
+            note = "centre crop"
+        elif prepared.search.disc is None:
+            note = f"plain crop: {prepared.search.reason}"
+        else:
+            note = "retina cut by the frame" if prepared.search.disc.partial else "retina found"
+        before = image.copy()
+        before.thumbnail((size, size))
+        if on_event is not None:
+            on_event(PreviewPair(sample.name, _qimage(before), _qimage(prepared.image), note))
+        made += 1
+        progress((index + 1) / max(len(samples), 1), f"Preview {index + 1} of {len(samples)}")
+    return made
+
+
+class PreprocessingPreview(Card):
+    """A few images before and after preprocessing, with the fundus options to try."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("Before and after preprocessing", parent)
+        options = QHBoxLayout()
+        self.fundus_check = QCheckBox("Crop to the retina (fundus photographs)")
+        self.fundus_check.setToolTip("Find the retina's disc against the dark surround, crop its square, resize. "
+                                     "Images without a dark surround keep the plain centre crop.")
+        self.contrast_check = QCheckBox("Local colour normalisation")
+        self.contrast_check.setToolTip("4 x image - 4 x blurred image + 128: evens out lighting and colour "
+                                       "differences between cameras.")
+        options.addWidget(self.fundus_check)
+        options.addWidget(self.contrast_check)
+        options.addStretch(1)
+        self.body.addLayout(options)
+        self.grid = QGridLayout()
+        self.grid.setHorizontalSpacing(10)
+        self.body.addLayout(self.grid)
+        self.note = label("Check a collection to see a few of its images as the model will see them.", "muted")
+        self.body.addWidget(self.note)
+        self.pairs: list[PreviewPair] = []
+
+    def clear(self) -> None:
+        self.pairs = []
+        while self.grid.count():
+            widget = self.grid.takeAt(0).widget()
+            if widget is not None:
+                widget.deleteLater()
+
+    def add_pair(self, pair: PreviewPair) -> None:
+        column = len(self.pairs)
+        self.pairs.append(pair)
+        for row, (image, caption) in enumerate(((pair.before, pair.name), (pair.after, pair.note))):
+            picture = QLabel()
+            picture.setPixmap(QPixmap.fromImage(image))
+            picture.setAlignment(Qt.AlignmentFlag.AlignCenter)
+            picture.setToolTip(caption)
+            text = QLabel(caption)
+            text.setTextFormat(Qt.TextFormat.PlainText)
+            text.setWordWrap(True)
+            text.setMaximumWidth(PREVIEW_PX + 20)
+            text.setProperty("role", "muted")
+            self.grid.addWidget(picture, 2 * row, column)
+            self.grid.addWidget(text, 2 * row + 1, column)
+        self.note.setText("Top: the photographs. Bottom: what the model sees with the options above. To train "
+                          "with them: dopamine train --fundus-crop [--local-contrast]; they are recorded in the "
+                          "model, so diagnosis repeats them.")
 
 
 class DataPage(Page):
@@ -86,6 +200,15 @@ class DataPage(Page):
         middle.addWidget(thumbs_card, 1)
         self.body.addLayout(middle)
 
+        make_up_card = Card("Make-up: cameras, resolutions, eyes")
+        self.make_up_label = label("Check a collection to see what it is made of.", "muted")
+        self.make_up_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.make_up_label.setWordWrap(True)
+        make_up_card.body.addWidget(self.make_up_label)
+        self.body.addWidget(make_up_card)
+        self.preview = PreprocessingPreview()
+        self.body.addWidget(self.preview)
+
         problems_card = Card("Problems found")
         self.problems_note = label("Problems with single files are listed here; they never stop the check.",
                                    "muted")
@@ -113,11 +236,14 @@ class DataPage(Page):
         self.report: Any = None
         self._job = None
         self._thumb_job = None
+        self._preview_job = None
         self._checked_once = False
         self.picker.path_chosen.connect(self.check)
         self.csv_button.clicked.connect(self._choose_csv)
         self.check_button.clicked.connect(lambda: self.check(self.picker.path()))
         self.save_report_button.clicked.connect(self._save_report)
+        self.preview.fundus_check.toggled.connect(lambda _on: self._load_previews(self.report))
+        self.preview.contrast_check.toggled.connect(lambda _on: self._load_previews(self.report))
         if context.settings.dataset is not None:
             self.picker.set_path(context.settings.dataset)
 
@@ -165,8 +291,12 @@ class DataPage(Page):
         serious = serious_problems(report)
         small = len(problems) - serious
         kind = "error" if not report.usable else ("warning" if serious else "ok")
-        text = (f"<b>{report.usable} of {report.total_files} files can be used for training</b> "
-                f"({len(report.classes)} classes, layout: {report.layout}). ")
+        files = getattr(report, "usable_files", report.usable)
+        if files and files != report.usable:
+            used = f"{report.usable} images from {files} of {report.total_files} files can be used for training"
+        else:
+            used = f"{report.usable} of {report.total_files} files can be used for training"
+        text = (f"<b>{used}</b> ({len(report.classes)} classes, layout: {report.layout}). ")
         text += (f"{serious} problem(s) found: see the list below. " if serious else "No problems found. ")
         if small:
             text += f"{small} image(s) are smaller than {report.min_size} px and will be enlarged."
@@ -179,6 +309,31 @@ class DataPage(Page):
         self.context.save_settings()
         self.context.set_dataset_report(report)
         self._load_thumbnails(report)
+        self._show_make_up(report)
+        self._load_previews(report)
+
+    def _show_make_up(self, report: Any) -> None:
+        from core.data.validation import make_up_lines
+
+        lines = [line.strip() for line in make_up_lines(getattr(report, "make_up", {}))[1:]]
+        self.make_up_label.setText("\n".join(lines) if lines else "No usable images.")
+
+    def _load_previews(self, report: Any) -> None:
+        if self._preview_job is not None and self._preview_job.running:
+            self._preview_job.cancel()
+        self.preview.clear()
+        if report is None or not report.usable_samples:
+            return
+        # Spread over the collection: different folders, often different cameras.
+        samples = report.usable_samples
+        stride = max(1, len(samples) // PREVIEW_IMAGES)
+        chosen = samples[::stride][:PREVIEW_IMAGES]
+        self._preview_job = self.context.runner.start(
+            make_previews, chosen, self.preview.fundus_check.isChecked(), self.preview.contrast_check.isChecked(),
+            name="preprocessing preview", on_event=self._add_preview)
+
+    def _add_preview(self, pair: PreviewPair) -> None:
+        self.preview.add_pair(pair)
 
     def _show_balance(self, report: Any) -> None:
         counts = [int(report.class_counts.get(name, 0)) for name in report.classes]
@@ -212,7 +367,8 @@ class DataPage(Page):
         self.thumbnails.clear()
         per_class: dict[int | None, list[Path]] = defaultdict(list)
         for sample in report.usable_samples:
-            if len(per_class[sample.label]) < THUMBNAILS_PER_CLASS:
+            # One thumbnail per file: the frames of a series are one picture here (the viewer steps them).
+            if len(per_class[sample.label]) < THUMBNAILS_PER_CLASS and sample.path not in per_class[sample.label]:
                 per_class[sample.label].append(sample.path)
         items = []
         for label_index in sorted(per_class, key=lambda x: -1 if x is None else x):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from PySide6.QtWidgets import QMessageBox
 
 
@@ -56,3 +57,35 @@ def test_the_check_can_be_cancelled(window, qtbot, tmp_path, make_image_folder):
     assert page._job.was_cancelled  # cancelled before the first of 300 files was read
     assert "cancelled" in page.summary.text().lower() and not page.progress.isVisible()
     assert page.report is None and window.context.settings.dataset is None
+
+
+def test_make_up_and_before_after_preview(window, qtbot, tmp_path):
+    from core.data.dicom_writer import write_dicom
+    from core.data.synthetic import camera_photograph
+
+    root = tmp_path / "eyes"
+    (root / "0").mkdir(parents=True)
+    camera_photograph(0, width=400, height=300, centre=(230, 150), radius=130, seed=1).save(root / "0" / "a_left.png")
+    camera_photograph(0, width=300, height=300, centre=(150, 150), radius=200, seed=2).save(root / "0" / "full.png")
+    photo = np.asarray(camera_photograph(2, width=320, height=240, centre=(160, 120), radius=110, seed=3))
+    write_dicom(root / "2" / "stereo.dcm", [photo, photo[:, ::-1].copy()], syntax="jpeg_baseline",
+                ImageLaterality="R", Manufacturer="Topcon", ManufacturerModelName="TRC-NW8")
+    page = _check(window, qtbot, root)
+    assert "4 images from 3 of 3 files can be used" in page.summary.text()
+    make_up = page.make_up_label.text()
+    assert "Cameras/devices: Topcon TRC-NW8 2, unknown 2" in make_up
+    assert "Eyes: left 1, right 2" in make_up
+    qtbot.waitUntil(lambda: len(page.preview.pairs) == 4, timeout=20000)
+    assert {pair.note for pair in page.preview.pairs} == {"centre crop"}
+    assert all((pair.after.width(), pair.after.height()) == (150, 150) for pair in page.preview.pairs)
+
+    page.preview.fundus_check.setChecked(True)
+    qtbot.waitUntil(lambda: len(page.preview.pairs) == 4 and page.preview.pairs[0].note != "centre crop",
+                    timeout=20000)
+    notes = {pair.name: pair.note for pair in page.preview.pairs}
+    assert notes["a_left.png"] == "retina found"
+    assert notes["full.png"].startswith("plain crop: no dark surround")
+    assert notes["stereo.dcm [frame 1]"] == "retina found"
+    # The crop moved the off-centre retina into the middle: the centre of "after" is retina, not border.
+    after = page.preview.pairs[0].after
+    assert after.pixelColor(75, 75).red() > 60

@@ -28,6 +28,7 @@ case $step in
     --version|module-alias) echo 'dopamine 0.1.0' ;;
     privacy) echo 'epsilon = 1.2345 at delta = 1e-05' ;;
     demo-data) mkdir -p "$2/test/0" "$2/hospital_01/0" && printf 'png' > "$2/test/0/a.png" ;;
+    inspect) printf '{\n  "usable": %s,\n  "problems": %s,\n}\n' "${FAKE_USABLE:-16}" "${FAKE_PROBLEMS:-[]}" ;;
     train) echo 'Privacy: epsilon = 3.1 at delta = 0.001' ;;
     predict) echo '[{"file": "a.png", "prediction": "Moderate"}]' ;;
     child-job) echo '{"type": "progress", "fraction": 0.5, "message": "epoch 1"}'; echo '{"type": "result", "data": {}}' ;;
@@ -55,8 +56,9 @@ def smoke(executable, **env):
 def test_a_healthy_app_passes(fake_app):
     done = smoke(fake_app)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "smoke test passed: 9 steps"
-    for name in ("version", "privacy", "demo-data", "train", "predict", "module-alias", "child-job", "simulate", "gui"):
+    assert done.stdout.strip().splitlines()[-1] == "smoke test passed: 11 steps"
+    for name in ("version", "privacy", "demo-data", "train", "predict", "dicom-write", "dicom-decode", "module-alias",
+                 "child-job", "simulate", "gui"):
         assert f"ok   {name} " in done.stdout
 
 
@@ -82,3 +84,10 @@ def test_a_missing_bundle_fails(tmp_path):
     done = smoke(tmp_path / "nothing" / "dopamine")
     assert done.returncode == 1
     assert "make bundle" in done.stderr
+
+
+@pytest.mark.parametrize("env", [{"FAKE_USABLE": "15"}, {"FAKE_PROBLEMS": '[{"kind": "unreadable"}]'}])
+def test_a_dicom_file_that_does_not_decode_fails_the_smoke_test(fake_app, env):
+    done = smoke(fake_app, **env)
+    assert done.returncode == 1
+    assert "FAIL dicom-decode" in done.stderr and "smoke test passed" not in done.stdout

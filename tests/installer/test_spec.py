@@ -55,7 +55,7 @@ def test_spec_builds_one_folder_named_dopamine_with_resources():
              if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)}
     datas = next(k.value for k in calls["Analysis"].keywords if k.arg == "datas")
     # gui.resources.resources_dir() looks in sys._MEIPASS/resources.
-    assert ast.unparse(datas) == "[(str(ROOT / 'resources'), 'resources')]"
+    assert ast.unparse(datas) == "[(str(ROOT / 'resources'), 'resources')] + DICOM_METADATA"
     exe = {k.arg for k in calls["EXE"].keywords}
     assert {"exclude_binaries", "console", "name"} <= exe  # one-folder: binaries go to COLLECT
 
@@ -100,3 +100,21 @@ def test_version_comes_from_the_package():
     source = SPEC.read_text(encoding="utf-8")
     assert "VERSION = core.__version__" in source
     assert "version=VERSION" in source and '"CFBundleShortVersionString": VERSION' in source
+
+
+def test_every_dicom_decoder_plugin_the_app_depends_on_is_bundled():
+    """Each decoder plugin in pyproject's dependencies is a hidden import with its metadata in the bundle
+    (pylibjpeg finds plugins by their entry points; pydicom checks their versions)."""
+    import tomllib
+
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    wanted = {d.split("==")[0] for d in dependencies if d.startswith(("pylibjpeg", "pyjpegls"))}
+    assert wanted == {"pylibjpeg", "pylibjpeg-libjpeg", "pylibjpeg-openjpeg", "pylibjpeg-rle", "pyjpegls"}
+    assert wanted <= set(spec_constant("DICOM_PLUGIN_DISTRIBUTIONS"))
+    modules = {"pylibjpeg": "pylibjpeg", "pylibjpeg-libjpeg": "libjpeg", "pylibjpeg-openjpeg": "openjpeg",
+               "pylibjpeg-rle": "rle", "pyjpegls": "jpeg_ls"}
+    assert {modules[name] for name in wanted} <= set(spec_constant("DICOM_PLUGIN_PACKAGES"))
+    from importlib import metadata
+
+    for distribution in wanted:  # installed, with the metadata copy_metadata bundles
+        assert metadata.version(distribution)

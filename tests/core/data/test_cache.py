@@ -14,13 +14,13 @@ from core.errors import DataError
 def decode_calls(monkeypatch):
     """Count the decodes the cache really does."""
     calls = []
-    real = cache_module.decode_image
+    real = cache_module.open_image
 
-    def counting(data, name):
+    def counting(data, name, **options):
         calls.append(name)
-        return real(data, name)
+        return real(data, name, **options)
 
-    monkeypatch.setattr(cache_module, "decode_image", counting)
+    monkeypatch.setattr(cache_module, "open_image", counting)
     return calls
 
 

@@ -146,10 +146,13 @@ def test_extensionless_dicom_is_detected(tmp_path, write_dicom):
     assert np.asarray(load_image(path))[0, 0, 0] == 77
 
 
-def test_multiframe_dicom_is_refused(tmp_path, write_dicom):
-    path = write_dicom(tmp_path / "cine.dcm", np.zeros((8, 8), np.uint8), frames=3)
-    with pytest.raises(DataError, match="multi-frame"):
-        load_image(path)
+def test_multiframe_dicom_decodes_every_frame(tmp_path, write_dicom):
+    from core.data.images import load_frames
+
+    path = write_dicom(tmp_path / "cine.dcm", np.full((8, 8), 40, np.uint8), frames=3)
+    frames = load_frames(path)
+    assert len(frames) == 3 and all(np.asarray(f)[0, 0, 0] == 40 for f in frames)
+    assert np.asarray(load_image(path, frame=2))[0, 0, 0] == 40
 
 
 def test_truncated_dicom(tmp_path, write_dicom):

@@ -41,8 +41,9 @@ def test_batch_csv_holds_every_file_with_probabilities_and_model_hash(package_pa
     predictor = open_model(package_path)
     rows = read_csv(csv_path)
     classes = ["No DR", "Mild", "Moderate", "Severe", "Proliferative DR"]
-    assert list(rows[0]) == ["file", "predicted_class", *(f"p_{c}" for c in classes), "referable_dr_probability",
-                             "model_sha256", "signature_verified", "signer_trusted", "signer_fingerprint", "error"]
+    assert list(rows[0]) == ["file", "frame", "laterality", "predicted_class", *(f"p_{c}" for c in classes),
+                             "referable_dr_probability", "model_sha256", "signature_verified", "signer_trusted",
+                             "signer_fingerprint", "error"]
     assert len(rows) == 5
     by_name = {row["file"].rsplit("/", 1)[-1]: row for row in rows}
     assert set(by_name) == GOOD | {"broken.png"}
