@@ -1,10 +1,12 @@
-"""Privacy: the hospital's cap (ε, δ), what was spent (table and curve), export, and a plan check."""
+"""Privacy: the hospital's cap (ε, δ), what was spent (table and curve), export, a plan check, and an
+empirical audit of the planned settings on synthetic images."""
 
 from __future__ import annotations
 
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
+    QComboBox,
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
@@ -19,6 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from core.errors import ConfigError
+from gui.audit_jobs import GUI_MODES, audit_settings, run_audit
 from gui.context import AppContext
 from gui.dialogs import show_error
 from gui.ledger_jobs import LedgerSnapshot, PlanVerdict, check_plan, export_ledger, read_ledger, set_cap
@@ -149,6 +152,7 @@ class PrivacyPage(Page):
         self.verdict.setVisible(False)
         check_card.body.addWidget(self.verdict)
         self.body.addWidget(check_card)
+        self._build_audit_card()
 
         self.snapshot: LedgerSnapshot | None = None
         self.last_verdict: PlanVerdict | None = None
@@ -160,6 +164,111 @@ class PrivacyPage(Page):
         self.cap_enabled.toggled.connect(self.cap_spin.setEnabled)
         context.ledger_changed.connect(self._changed)
         context.settings_changed.connect(self._changed)
+
+    def _build_audit_card(self) -> None:
+        audit_card = Card("Audit: measure the privacy of these settings")
+        audit_card.body.addWidget(label(
+            "Every ε above is a guarantee computed from the settings: an upper bound. An audit measures "
+            "instead: it trains once with the σ, q and steps above through Dopamine's own DP code, on "
+            "<b>synthetic images only</b> (never this hospital's), with canaries, and turns how well an "
+            "attacker can tell which canaries were used into a lower bound on ε. Nothing is charged. A lower "
+            "bound above the guarantee would mean a bug. See docs/privacy-audit.md for what an audit cannot see.",
+            "muted"))
+        row = QHBoxLayout()
+        self.audit_mode = QComboBox()
+        for key, text in GUI_MODES.items():
+            self.audit_mode.addItem(text, key)
+        self.audit_button = button("Run audit")
+        self.audit_cancel_button = button("Cancel")
+        self.audit_cancel_button.setEnabled(False)
+        self.audit_save_button = button("Save report…")
+        self.audit_save_button.setEnabled(False)
+        for widget in (self.audit_mode, self.audit_button, self.audit_cancel_button):
+            row.addWidget(widget)
+        row.addStretch(1)
+        row.addWidget(self.audit_save_button)
+        audit_card.body.addLayout(row)
+        self.audit_progress = QProgressBar()
+        self.audit_progress.setRange(0, 1000)
+        self.audit_progress.setVisible(False)
+        audit_card.body.addWidget(self.audit_progress)
+        self.audit_result = Banner("", "info")
+        self.audit_result.setVisible(False)
+        audit_card.body.addWidget(self.audit_result)
+        self.body.addWidget(audit_card)
+        # Extra AuditConfig fields (sizes); tests use it for small audits.
+        self.audit_sizes: dict = {}
+        self.last_audit = None
+        self.audit_job = None
+        self.audit_button.clicked.connect(self.start_audit)
+        self.audit_cancel_button.clicked.connect(self.cancel_audit)
+        self.audit_save_button.clicked.connect(self.save_audit_report)
+
+    def start_audit(self) -> None:
+        try:
+            delta = parse_delta(self.delta_edit.text())
+            if delta is None:
+                delta = self.snapshot.delta if self.snapshot is not None and self.snapshot.delta else 1e-5
+            settings = audit_settings(
+                mode=self.audit_mode.currentData(), noise_multiplier=self.plan_sigma.value(),
+                sample_rate=self.plan_q.value(), steps=self.plan_steps.value(), delta=delta,
+                accountant=self.context.settings.accountant)
+        except ConfigError as exc:
+            show_error(self, exc)
+            return
+        settings.update(self.audit_sizes)
+        self.last_audit = None
+        self.audit_button.setEnabled(False)
+        self.audit_cancel_button.setEnabled(True)
+        self.audit_save_button.setEnabled(False)
+        self.audit_progress.setValue(0)
+        self.audit_progress.setVisible(True)
+        self.audit_result.show_message("Training with canaries on synthetic images…", "info")
+        self.audit_job = self.context.runner.start(
+            run_audit, settings, name="privacy audit", on_progress=self._audit_progress,
+            on_done=self.show_audit, on_error=self._audit_failed, on_cancelled=self._audit_cancelled)
+
+    def cancel_audit(self) -> None:
+        if self.audit_job is not None:
+            self.audit_job.cancel()
+
+    def _audit_progress(self, fraction: float, message: str) -> None:
+        self.audit_progress.setValue(int(fraction * 1000))
+        self.audit_result.show_message(message, "info")
+
+    def _audit_ended(self) -> None:
+        self.audit_job = None
+        self.audit_button.setEnabled(True)
+        self.audit_cancel_button.setEnabled(False)
+        self.audit_progress.setVisible(False)
+
+    def show_audit(self, result) -> None:
+        self._audit_ended()
+        self.last_audit = result
+        self.audit_save_button.setEnabled(True)
+        text = result.summary()
+        if result.exceeds_claim:
+            text += " The measured bound is above the guarantee: the code or its accounting is wrong; report it."
+        self.audit_result.show_message(text, "error" if result.exceeds_claim else "ok")
+
+    def _audit_failed(self, error: BaseException) -> None:
+        self._audit_ended()
+        self.audit_result.setVisible(False)
+        show_error(self, error)
+
+    def _audit_cancelled(self) -> None:
+        self._audit_ended()
+        self.audit_result.show_message("Audit cancelled.", "info")
+
+    def save_audit_report(self) -> None:
+        if self.last_audit is None:
+            return
+        folder = QFileDialog.getExistingDirectory(self, "Save the audit report (audit.html, .json, .png) in")
+        if folder:
+            from core.privacy_audit.report import write_report
+
+            self.context.runner.start(write_report, self.last_audit, folder, name="save audit report",
+                                      on_error=lambda e: show_error(self, e))
 
     def on_shown(self) -> None:
         self.refresh()

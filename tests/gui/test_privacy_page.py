@@ -107,3 +107,66 @@ def test_lowering_the_cap_below_what_was_spent_is_allowed_and_said(window, qtbot
     with PrivacyLedger(window.context.ledger_path) as ledger:
         assert ledger.max_epsilon == round(spent / 2, 2)
     assert [e.kind for e in read_audit_log(window.context.audit_log_path)] == ["ledger"]
+
+
+def test_the_audit_card_measures_the_planned_settings_off_the_ui_thread(window, qtbot, tmp_path, monkeypatch):
+    import threading
+
+    import gui.pages.privacy as privacy_page
+
+    threads = []
+    real_run = privacy_page.run_audit
+
+    def recording_run(settings, *, progress, cancel):
+        threads.append(threading.current_thread())
+        return real_run(settings, progress=progress, cancel=cancel)
+
+    monkeypatch.setattr(privacy_page, "run_audit", recording_run)
+    page = window.show_page("privacy")
+    _wait_snapshot(qtbot, page, exists=False)
+    page.plan_sigma.setValue(1.5)
+    page.plan_q.setValue(0.5)
+    page.plan_steps.setValue(4)
+    page.delta_edit.setText("1e-5")
+    page.audit_sizes = {"gradient_canaries": 40, "input_canaries": 10, "real_images": 4, "image_size": 16}
+    page.start_audit()
+    assert not page.audit_button.isEnabled() and page.audit_cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: page.last_audit is not None, timeout=60000)
+    assert threads and threads[0] is not threading.main_thread()
+    result = page.last_audit
+    assert (result.config["noise_multiplier"], result.config["sample_rate"], result.config["steps"],
+            result.config["delta"]) == (1.5, 0.5, 4, 1e-5)
+    assert page.audit_result.kind == "ok" and page.audit_button.isEnabled()
+    assert "Measured at least ε" in page.audit_result.text() and "guaranteed at most ε" in page.audit_result.text()
+    assert not window.context.ledger_path.exists()  # nothing charged, no ledger opened
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(tmp_path / "report"))
+    page.save_audit_report()
+    qtbot.waitUntil(lambda: (tmp_path / "report" / "audit.html").exists(), timeout=20000)
+
+
+def test_an_audit_too_long_for_this_computer_is_refused_before_it_starts(window, qtbot):
+    from PySide6.QtWidgets import QMessageBox
+
+    page = window.show_page("privacy")
+    page.plan_steps.setValue(50_000)
+    page.start_audit()
+    box = window.findChild(QMessageBox, "errorDialog")
+    assert box is not None and "dopamine audit-dp" in box.text()
+    assert page.audit_job is None and page.audit_button.isEnabled()
+
+
+def test_an_audit_result_crosses_a_process_boundary_as_json():
+    import math
+
+    from core.jobs import CancelToken
+    from gui.child_jobs import JOBS
+
+    audit_child, _decode_event, audit_result = JOBS["audit"]
+
+    settings = {"mode": "cdp", "noise_multiplier": 0.0, "sample_rate": 0.5, "steps": 2, "delta": 1e-5,
+                "accountant": "rdp", "gradient_canaries": 20, "input_canaries": 0, "real_images": 4, "image_size": 16}
+    data = audit_child({"settings": settings}, lambda f, m: None, CancelToken(), lambda event: None)
+    result = audit_result(json.loads(json.dumps(data, allow_nan=False)))
+    assert math.isinf(result.epsilon) and result.summary() == data["summary"]
+    assert result.bounds["gradient"].to_dict() == data["bounds"]["gradient"]
+    assert result.config == data["config"] and not result.exceeds_claim
