@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 # The venv is rebuilt whenever the dependency list changes.
 $(STAMP): pyproject.toml
@@ -17,11 +17,19 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m core.demo
 
+# The import contracts of docs/architecture.md first (seconds), then the whole suite.
 test: $(STAMP)
+	$(BIN)/lint-imports
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q
 
+# The inner loop: no processes, servers or windows (tests/conftest.py marks those slow).
+test-fast: $(STAMP)
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -m "not slow"
+
 lint: $(STAMP)
-	$(BIN)/ruff check core gui tests benchmarks
+	$(BIN)/ruff check core gui launcher tests benchmarks
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/dp_step.py --out benchmarks/results/dp_step.json

@@ -22,11 +22,12 @@ COMMAND_MODULES = (
     "core.commands.predict",
     "core.commands.trust",
     "core.commands.federation",
-    "core.commands.app",
+    "core.commands.audit_dp",
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extra_commands: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    """The parser; ``extra_commands`` (name -> help) lists commands the launcher runs itself (the app)."""
     parser = argparse.ArgumentParser(
         prog="dopamine",
         description="Differentially private federated learning for hospitals (Dopamine method).",
@@ -34,18 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dopamine {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # an area not built yet
-                continue
-            raise
-        module.register(subparsers)
+        importlib.import_module(name).register(subparsers)
+    for name, text in (extra_commands or {}).items():
+        subparsers.add_parser(name, help=text).set_defaults(func=_run_by_the_launcher)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def _run_by_the_launcher(args: argparse.Namespace) -> int:
+    raise DopamineError(f"`dopamine {args.command}` is started by the dopamine program itself; run it as "
+                        f"`dopamine {args.command}`, not through python -m core.cli.")
+
+
+def main(argv: list[str] | None = None, *, extra_commands: dict[str, str] | None = None) -> int:
+    parser = build_parser(extra_commands)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

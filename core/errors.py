@@ -1,4 +1,13 @@
-"""The one error hierarchy. Every message is for a user: what happened and what to do."""
+"""The one error hierarchy. Every message is for a user: what happened and what to do.
+
+Every error Dopamine raises on purpose is defined here, so that it keeps its class when it crosses a
+process boundary (the app's background jobs run in a child process): ``to_wire`` and ``from_wire``
+carry the class name, the message and the extra fields a class lists in ``carried``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
 
 
 class DopamineError(Exception):
@@ -7,6 +16,36 @@ class DopamineError(Exception):
     The message is one line a hospital's staff member can act on. The CLI prints it
     without a traceback; the GUI shows it in a dialog.
     """
+
+    carried: ClassVar[tuple[str, ...]] = ()  # attributes that travel with the message
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"error_type": type(self).__name__, "message": str(self),
+                "fields": {name: getattr(self, name) for name in self.carried}}
+
+    @staticmethod
+    def from_wire(data: dict[str, Any]) -> DopamineError | None:
+        """The error ``to_wire`` described, of the same class (None when the class is not one of ours)."""
+        cls = error_classes().get(str(data.get("error_type", "")))
+        if cls is None:
+            return None
+        error = cls.__new__(cls)
+        Exception.__init__(error, str(data.get("message", "")))
+        fields = data.get("fields") or {}
+        for name in cls.carried:
+            setattr(error, name, fields.get(name))
+        return error
+
+
+def error_classes() -> dict[str, type[DopamineError]]:
+    """Every DopamineError class, by name."""
+    found: dict[str, type[DopamineError]] = {}
+    pending: list[type[DopamineError]] = [DopamineError]
+    while pending:
+        cls = pending.pop()
+        found[cls.__name__] = cls
+        pending.extend(cls.__subclasses__())
+    return found
 
 
 class Cancelled(DopamineError):
@@ -22,6 +61,22 @@ class ConfigError(DopamineError):
 
 class DataError(DopamineError):
     """A dataset, image, CSV or DICOM file cannot be used."""
+
+
+# Kinds of decoding failure, as reported by validation.
+UNREADABLE = "unreadable"
+TRUNCATED = "truncated"
+NOT_IMAGE = "not_image"
+
+
+class ImageReadError(DataError):
+    """An image file could not be decoded; ``kind`` says why (unreadable, truncated or not_image)."""
+
+    carried = ("kind",)
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class ModelError(DopamineError):
@@ -70,6 +125,47 @@ class FederationError(DopamineError):
 
 class NetworkError(FederationError):
     """The coordinator could not be reached or refused the connection."""
+
+
+class RequestFailure(FederationError):
+    """A final (4xx) answer from the coordinator; ``detail`` is its one-line reason."""
+
+    carried = ("status", "detail", "code")
+
+    def __init__(self, status: int, detail: str, code: str = "") -> None:
+        super().__init__(f"The coordinator refused the request ({status}): {detail}")
+        self.status = status
+        self.detail = detail
+        self.code = code
+
+
+class Refused(FederationError):
+    """A request the coordinator will not act on; ``status`` is the HTTP status to answer."""
+
+    carried = ("status", "code")
+
+    def __init__(self, status: int, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code  # machine-readable reason where a client acts on it ("duplicate")
+
+
+class AuthFailure(FederationError):
+    """Why the coordinator refused to authenticate a request; ``status`` is the HTTP status to answer."""
+
+    carried = ("status",)
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class RoundAborted(FederationError):
+    """A round attempt ended without a release (too few hospitals answered); the next attempt follows."""
 
 
 class InferenceError(DopamineError):

@@ -21,6 +21,7 @@ from gui.main_window import MainWindow
 from gui.resources import app_icon
 from gui.settings import load_settings
 from gui.theme import apply_theme
+from gui.widgets.plots import restyle_all
 
 # Training runs on a worker thread that is CPU-bound in Python (Opacus hooks, the loop) half the time.
 # The UI thread needs the interpreter lock for every Python slot it runs; by default it may wait 5 ms
@@ -46,6 +47,7 @@ def create_window(app: QApplication) -> MainWindow:
     settings, warning = load_settings()
     context = AppContext(settings, settings_warning=warning)
     apply_theme(app, settings.theme)
+    restyle_all(settings.theme)
     window = MainWindow(context)
     if warning:
         QTimer.singleShot(0, lambda: show_error(window, ConfigError(warning)))

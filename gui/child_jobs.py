@@ -36,10 +36,10 @@ FROZEN_FLAG = "--dopamine-child-job"
 def _train_child(args: dict, progress: ProgressFn, cancel: CancelToken, emit: Callable[[dict], None]) -> dict:
     from core.config import from_dict
     from core.training.config import TrainConfig
-    from gui.training_jobs import run_training
+    from core.training.trainer import run
 
-    config = from_dict(TrainConfig, args["config"])
-    result = run_training(config, progress=progress, cancel=cancel, on_epoch=lambda stats: emit(asdict(stats)))
+    config = from_dict(TrainConfig, args["config"])  # its home: the app's (its ledger's delta, cache and key)
+    result = run(config, progress=progress, cancel=cancel, on_epoch=lambda stats: emit(asdict(stats)))
     return result.to_dict()
 
 
@@ -77,9 +77,22 @@ def _join_result(data: dict) -> Any:
 
 
 # name -> (run in the child, decode an event in the parent, decode the result in the parent)
+def _audit_child(args: dict, progress: ProgressFn, cancel: CancelToken, emit: Callable[[dict], None]) -> dict:
+    from core.privacy_audit.audit import AuditConfig, run
+
+    return run(AuditConfig(**args["settings"]), progress=progress, cancel=cancel).to_dict()
+
+
+def _audit_result(data: dict) -> Any:
+    from core.privacy_audit.audit import AuditResult
+
+    return AuditResult.from_dict(data)
+
+
 JOBS: dict[str, tuple[Callable, Callable[[dict], Any], Callable[[dict], Any]]] = {
     "train": (_train_child, _train_event, _train_result),
     "join": (_join_child, _join_event, _join_result),
+    "audit": (_audit_child, lambda data: data, _audit_result),
 }
 
 
@@ -100,10 +113,10 @@ def _child_log() -> Path:
 
 
 def _raise_error(line: dict) -> None:
+    error = errors.DopamineError.from_wire(line)  # same class, message and fields as in the child
+    if error is not None:
+        raise error
     name, message = str(line.get("error_type", "")), str(line.get("message", ""))
-    cls = getattr(errors, name, None)
-    if isinstance(cls, type) and issubclass(cls, errors.DopamineError):
-        raise cls(message)
     exc = RuntimeError(f"{name}: {message}")
     exc.__dopamine_traceback__ = str(line.get("traceback", ""))  # type: ignore[attr-defined]
     raise exc
@@ -199,6 +212,9 @@ def main() -> int:
                      cancel, lambda data: send({"type": "event", "data": data}))
     except errors.Cancelled:
         send({"type": "cancelled"})
+    except errors.DopamineError as exc:
+        send({"type": "error", **exc.to_wire(), "traceback": traceback.format_exc()})
+        return 1
     except BaseException as exc:  # noqa: BLE001 -- every failure goes back to the window as a line
         send({"type": "error", "error_type": type(exc).__name__, "message": str(exc),
               "traceback": traceback.format_exc()})

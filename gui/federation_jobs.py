@@ -9,7 +9,6 @@ whose fingerprints are computed here from the keys for out-of-band comparison.
 
 from __future__ import annotations
 
-import base64
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,6 @@ def review_invitation(path: Path, *, num_images: int | None, home: Any) -> Invit
     """``home``: the hospital home (core.home.HospitalHome)."""
     from core.federation.client import membership_folder
     from core.federation.invitation import read_invitation
-    from core.federation.plan import hospital_privacy_cost, plan_cost
 
     invitation = read_invitation(Path(path))
     plan = invitation.plan
@@ -61,8 +59,8 @@ def review_invitation(path: Path, *, num_images: int | None, home: Any) -> Invit
     if plan.mode == "fpdp" and num_images is None:
         return review
     count = num_images or 1  # FSCDP's cost does not depend on the image count
-    review.epsilon_cost = plan_cost(plan, count, accountant)
-    noise, rate, steps = hospital_privacy_cost(plan, count)
+    review.epsilon_cost = plan.epsilon_cost(count, accountant, delta=ledger.delta)
+    noise, rate, steps = plan.total_cost(count)
     review.verdict = check_plan(ledger_path, noise_multiplier=noise, sample_rate=rate, steps=steps,
                                 delta=plan.delta, accountant=accountant)
     return review
@@ -105,32 +103,29 @@ class CoordinatorView:
     peers: list[Peer] = field(default_factory=list)
 
 
-def coordinator_view(invitation_path: Path, workdir: Path, home: Any, *, cancel) -> CoordinatorView:
-    """The coordinator's public status and the enrolled hospitals (needs this hospital enrolled)."""
+def coordinator_view(invitation_path: Path, home: Any, *, cancel) -> CoordinatorView:
+    """The coordinator's public status and the enrolled hospitals, through core.federation.client (the app
+    sends no request of its own). Fingerprints are computed here from the keys, for a phone call."""
+    from core.federation.client import status
     from core.federation.invitation import read_invitation
-    from core.federation.transport import CoordinatorConnection
-    from core.signing import fingerprint, load_private_key
+    from core.signing import fingerprint
 
     invitation = read_invitation(Path(invitation_path))
-    connection = CoordinatorConnection(
-        invitation.coordinator_url, Path(workdir) / "ca.pem", federation_id=invitation.federation_id,
-        hospital_id=invitation.hospital_id, key=load_private_key(home.identity_key), cancel=cancel,
-        read_timeout_s=20.0, give_up_after_s=10.0)
-    try:
-        status = connection.get_json("/v1/status")
-        hospitals = connection.get_json("/v1/hospitals")["hospitals"]
-    finally:
-        connection.close()
-    included = {h["hospital_id"]: h.get("rounds_included") for h in status.get("hospitals", [])}
+    summary = status(invitation, home, cancel=cancel)
     peers = []
-    for entry in hospitals:
-        computed = fingerprint(base64.b64decode(entry["public_key"]))
-        peers.append(Peer(entry["hospital_id"], entry.get("name", ""), entry.get("status", ""), computed,
-                          computed == entry.get("fingerprint"), included.get(entry["hospital_id"]),
-                          entry["hospital_id"] == invitation.hospital_id))
-    last = status.get("last_round") or {}
-    return CoordinatorView(status=status.get("status", ""), round=int(status.get("round", 0)),
-                           rounds=int(status.get("rounds", invitation.plan.rounds)),
-                           phase=str(status.get("phase", "")), model_round=int(status.get("model_round", 0)),
-                           last_included=list(last.get("included", [])), last_metrics=dict(last.get("metrics") or {}),
-                           peers=peers)
+    for peer in summary.hospitals:
+        computed = fingerprint(peer.public_key)
+        peers.append(Peer(peer.hospital_id, peer.name, peer.status, computed, computed == peer.fingerprint,
+                          peer.rounds_included, peer.hospital_id == invitation.hospital_id))
+    last = summary.last_round
+    return CoordinatorView(status=summary.status, round=summary.round, rounds=summary.rounds, phase=summary.phase,
+                           model_round=summary.model_round, last_included=list(last.included) if last else [],
+                           last_metrics=dict(last.metrics) if last else {}, peers=peers)
+
+
+def leave_federation(invitation_path: Path, home: Any, *, cancel) -> None:
+    """Tell the coordinator this hospital takes part in no further rounds (core.federation.client.leave)."""
+    from core.federation.client import leave
+    from core.federation.invitation import read_invitation
+
+    leave(read_invitation(Path(invitation_path)), home, "its people chose to leave (the app)", cancel=cancel)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QSize, Qt
@@ -29,10 +28,10 @@ from gui.pages.models import ModelsPage
 from gui.pages.privacy import PrivacyPage
 from gui.pages.settings import SettingsPage
 from gui.pages.train import TrainPage
-from gui.pages.viewer_placeholder import ViewerPlaceholder
 from gui.resources import app_icon, icon
 from gui.theme import apply_theme, colors
 from gui.widgets.common import Banner
+from gui.widgets.plots import restyle_all
 
 # (key, navigation label, icon name). The order is the order of the navigation list.
 NAVIGATION = (
@@ -83,15 +82,10 @@ class LazyPage(QWidget):
             on_shown()
 
 
-def viewer_page_class() -> type[QWidget]:
-    """The Viewer page (helper INFERENCE's gui.pages.viewer) once it exists, else a placeholder."""
-    try:
-        module = importlib.import_module("gui.pages.viewer")
-    except ModuleNotFoundError as exc:
-        if exc.name != "gui.pages.viewer":
-            raise
-        return ViewerPlaceholder
-    return module.ViewerPage
+def _viewer_page(context: AppContext, parent: QWidget) -> QWidget:
+    from gui.viewer import ViewerPage  # built on first use: start-up stays light
+
+    return ViewerPage(context, parent)
 
 
 class MainWindow(QMainWindow):
@@ -114,7 +108,7 @@ class MainWindow(QMainWindow):
 
         for key, _text, _icon in NAVIGATION:
             if key == "viewer":
-                page: QWidget = LazyPage(lambda: viewer_page_class()(context, self))
+                page: QWidget = LazyPage(lambda: _viewer_page(context, self))
             else:
                 page = PAGE_CLASSES[key](context, self)
             self.pages[key] = page
@@ -166,6 +160,7 @@ class MainWindow(QMainWindow):
         app = QApplication.instance()
         if app is not None:
             apply_theme(app, theme)
+        restyle_all(theme)
         self._refresh_icons()
 
     @property

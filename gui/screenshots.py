@@ -59,7 +59,7 @@ def _make_data(root: Path, *, quick: bool) -> tuple[Path, Path]:
 
 
 def _train(window, app, data: Path, *, quick: bool) -> None:
-    from core.privacy.ledger import change_cap
+    from core.budget import change_cap
 
     change_cap(window.context.home, 20.0, delta=1e-4, source="screenshot demo")  # on the audit log, as in the app
     page = window.show_page("train")

@@ -64,11 +64,9 @@ def _palette(c: Colors) -> QPalette:
 
 
 def apply_theme(app: QApplication, theme: str) -> None:
+    """The palette and style sheet; plots follow with gui.widgets.plots.restyle_all (called by the window)."""
     c = colors(theme)
     app.setStyle("Fusion")
     app.setPalette(_palette(c))
     sheet = read_text("styles", "base.qss") + read_text("styles", f"{theme}.qss")
     app.setStyleSheet(sheet)
-    from gui.widgets.plots import restyle_all  # plots import this module
-
-    restyle_all(theme)

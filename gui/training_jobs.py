@@ -31,32 +31,20 @@ class TrainingCost:
 def estimate_training_cost(labels: Sequence[int], *, val_fraction: float, seed: int, batch_size: int,
                            epochs: int, noise_multiplier: float | None, target_epsilon: float | None,
                            delta: float | None, accountant: str, ledger_path: Path) -> TrainingCost:
+    """The run's cost from core.training.config.plan_run (what the trainer will charge), against the ledger."""
     from core.data import stratified_split
-    from core.privacy.accountant import calibrate_noise_multiplier, compute_epsilon
-    from core.training.loop import steps_per_epoch
-    from core.training.trainer import resolve_delta
+    from core.training.config import TrainConfig, plan_run, resolve_delta
 
     train_idx, _val_idx = stratified_split(list(labels), val_fraction, seed)
     num_train = len(train_idx)
-    per_epoch = steps_per_epoch(num_train, batch_size)
-    sample_rate = 1.0 / per_epoch
-    steps = per_epoch * epochs
     delta = resolve_delta(read_ledger(ledger_path).delta, delta, num_train)
-    if noise_multiplier is None:
-        noise_multiplier = calibrate_noise_multiplier(target_epsilon=float(target_epsilon), sample_rate=sample_rate,
-                                                      steps=steps, delta=delta, accountant=accountant)
-    epsilon = compute_epsilon(sample_rate=sample_rate, noise_multiplier=noise_multiplier, steps=steps,
-                              delta=delta, accountant=accountant)
-    verdict = check_plan(ledger_path, noise_multiplier=noise_multiplier, sample_rate=sample_rate, steps=steps,
-                         delta=delta, accountant=accountant)
-    return TrainingCost(num_train, sample_rate, steps, noise_multiplier, delta, accountant, epsilon, verdict)
-
-
-def run_training(config: Any, *, progress, cancel, on_epoch) -> Any:
-    """core.training.trainer.run in the hospital home ``config.home`` (its ledger's δ, its cache, its key)."""
-    from core.training.trainer import run
-
-    return run(config, progress=progress, cancel=cancel, on_epoch=on_epoch)
+    config = TrainConfig(data=Path("."), out=Path("."), mode="cdp", epochs=epochs, batch_size=batch_size,
+                         noise_multiplier=noise_multiplier, target_epsilon=target_epsilon, accountant=accountant)
+    run = plan_run(config, num_train, delta)
+    verdict = check_plan(ledger_path, noise_multiplier=run.noise_multiplier, sample_rate=run.sample_rate,
+                         steps=run.steps, delta=delta, accountant=accountant)
+    return TrainingCost(num_train, run.sample_rate, run.steps, run.noise_multiplier, delta, accountant, run.epsilon,
+                        verdict)
 
 
 def train_in_child(config: Any, *, progress, cancel, on_epoch) -> Any:

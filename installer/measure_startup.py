@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "installer"))
+sys.path.insert(0, str(ROOT))
 
-from entry import HEAVY_MODULES_MARK, SMOKE_EXIT_ENV, STARTUP_PROBE_ENV, WINDOW_SHOWN_MARK  # noqa: E402
+from launcher import HEAVY_MODULES_MARK, SMOKE_EXIT_ENV, STARTUP_PROBE_ENV, WINDOW_SHOWN_MARK  # noqa: E402
 
 SOURCE_COMMAND = [sys.executable, str(ROOT / "installer" / "entry.py")]
 

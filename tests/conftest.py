@@ -13,6 +13,19 @@ from contextlib import contextmanager  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+# What `make test-fast` leaves out: tests that start processes, servers or windows.
+SLOW_FOLDERS = ("e2e", "gui", "installer", "security")
+SLOW_FILES = ("test_coordinator_lies_over_https.py", "test_one_ledger.py", "test_benchmark", "_benchmark.py",
+              "test_ledger_and_audit.py", "test_cli")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        parts = item.path.parts
+        folder = parts[parts.index("tests") + 1] if "tests" in parts else ""
+        if folder in SLOW_FOLDERS or any(name in item.path.name for name in SLOW_FILES):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(autouse=True)
 def _isolated_user_dirs(tmp_path_factory, monkeypatch):

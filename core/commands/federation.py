@@ -1,4 +1,4 @@
-"""``dopamine coordinator init|serve|status``, ``dopamine join``, ``dopamine simulate``,
+"""``dopamine coordinator init|serve|status``, ``dopamine join``, ``dopamine leave``, ``dopamine simulate``,
 ``dopamine audit verify``."""
 
 from __future__ import annotations
@@ -100,6 +100,13 @@ def register(subparsers) -> None:
     join.add_argument("--events-jsonl", action="store_true", help="print every event as one JSON line on stdout")
     join.add_argument("--json", action="store_true", help="print the result as one JSON object at the end")
     join.set_defaults(func=_join)
+
+    leave = subparsers.add_parser("leave", help="leave a federation: tell its coordinator this hospital takes part "
+                                                "in no further rounds")
+    leave.add_argument("invitation", type=Path, help="the invitation file this hospital joined with")
+    add_home_option(leave)
+    leave.add_argument("--reason", default="", help="a short reason the coordinator records")
+    leave.set_defaults(func=_leave)
 
     simulate = subparsers.add_parser("simulate", help="run a whole federation on this computer (synthetic data)")
     simulate.add_argument("--hospitals", type=int, default=3)
@@ -238,6 +245,16 @@ def _join(args: argparse.Namespace) -> int:
     if result.reason == "roster":
         return 3  # waiting for this hospital's people to confirm the roster: run again with --accept-roster
     return 1 if result.reason == "stopped" else 0  # declining at the cap is this hospital's choice, not an error
+
+
+def _leave(args: argparse.Namespace) -> int:
+    from core.federation.client import leave, read_invitation
+
+    invitation = read_invitation(args.invitation)
+    leave(invitation, home_of(args), args.reason)
+    print(f"Left {invitation.federation_name}: the coordinator was told and this hospital takes part in no further "
+          "rounds. Its ledger, audit log and the models received stay in its home.")
+    return 0
 
 
 def _simulate(args: argparse.Namespace) -> int:

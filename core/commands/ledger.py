@@ -117,7 +117,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _set_cap(args: argparse.Namespace) -> int:
-    from core.privacy.ledger import change_cap
+    from core.budget import change_cap
 
     change = change_cap(home_of(args), args.epsilon, delta=args.delta, accountant=args.accountant,
                         source="dopamine ledger set-cap")

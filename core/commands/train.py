@@ -31,6 +31,11 @@ def register(subparsers) -> None:
                        help="delta (default: the ledger's; a new ledger: 1e-5, or 1/(10N) for small N)")
     train.add_argument("--accountant", choices=["rdp", "prv"], default="rdp")
     train.add_argument("--image-size", type=int, default=224)
+    train.add_argument("--fundus-crop", action="store_true",
+                       help="crop each photograph to the retina's disc (as found against the dark surround), "
+                            "pad to square and resize; recorded in the model card")
+    train.add_argument("--local-contrast", action="store_true",
+                       help="local-average colour normalisation (4*img - 4*blur + 128); recorded in the card")
     train.add_argument("--val-fraction", type=float, default=0.2)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, help="CPU threads (default: all)")
@@ -69,7 +74,8 @@ def _train(args: argparse.Namespace) -> int:
         target_epsilon=args.target_epsilon, max_grad_norm=args.max_grad_norm, delta=args.delta,
         accountant=args.accountant, image_size=args.image_size, val_fraction=args.val_fraction,
         seed=args.seed, home=args.home, max_epsilon=args.max_epsilon, threads=args.threads,
-        device=args.device, initial_weights=args.initial_weights,
+        device=args.device, initial_weights=args.initial_weights, fundus_crop=args.fundus_crop,
+        local_contrast=args.local_contrast,
     )
     if args.mode == "cdp" and args.noise_multiplier is None and args.target_epsilon is None:
         config.target_epsilon = 8.0

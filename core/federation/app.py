@@ -1,13 +1,15 @@
-"""The coordinator's HTTPS API (FastAPI). Every route but /v1/health and the OpenAPI schema is
-authenticated: the request is signed with the hospital's enrolled Ed25519 key (core.federation.auth),
-its nonce is remembered in SQLite, and bodies have size limits.
+"""The coordinator's HTTPS API (FastAPI) over core.federation.protocol's routes and views. Every route
+but /v1/health and the OpenAPI schema is authenticated: the request is signed with the hospital's
+enrolled Ed25519 key (core.federation.auth), its nonce is remembered in SQLite, and bodies have size
+limits.
 
-Routes (all JSON unless noted)::
+Routes (all JSON unless noted; the views are protocol.StateView, PublicStatus, Peers, RosterView,
+RoundSummary)::
 
     GET  /v1/health                                 liveness, no authentication
     POST /v1/enroll                                 bind an invitation token to the signing key
     GET  /v1/plan                                   the plan and its hash
-    GET  /v1/hospitals                              enrolled hospitals' key fingerprints
+    GET  /v1/hospitals                              enrolled hospitals and their identity keys
     GET  /v1/roster                                 the frozen roster and the hospitals' signatures on it
     POST /v1/roster/signature                       this hospital's signature on the roster
     GET  /v1/state?since=ETAG&wait=SECONDS          long poll: what this hospital should do now
@@ -17,7 +19,8 @@ Routes (all JSON unless noted)::
     GET  /v1/rounds/{round}/{attempt}/{step}        the coordinator's answer to a step (binary)
     POST /v1/rounds/{round}/{attempt}/{step}        a hospital's message for a step (binary)
     POST /v1/rounds/{round}/{attempt}/leave         a hospital gives up the open attempt
-    POST /v1/decline                                a hospital takes part in no further rounds
+    POST /v1/decline                                a hospital takes part in no further rounds (its cap)
+    POST /v1/leave                                  a hospital's people chose to leave the federation
     GET  /v1/status                                 federation summary
 """
 
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
+import dataclasses
 import json
 import logging
 from contextlib import asynccontextmanager
@@ -36,8 +39,10 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from core import __version__
-from core.federation.auth import AuthFailure, parse_signed_headers, verify_request
-from core.federation.coordinator import CONTROL_BODY_LIMIT, LONG_POLL_S, Coordinator, Refused
+from core.errors import AuthFailure, Refused
+from core.federation.auth import parse_signed_headers, verify_request
+from core.federation.coordinator import CONTROL_BODY_LIMIT, LONG_POLL_S, Coordinator
+from core.federation.protocol import Peers, Route
 
 log = logging.getLogger("dopamine.coordinator")
 
@@ -58,11 +63,6 @@ class _Notifier:
     def notify(self) -> None:
         self.event.set()
         self.event = asyncio.Event()
-
-
-def view_etag(view: dict) -> str:
-    stable = {k: v for k, v in view.items() if k != "version"}
-    return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:24]
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -125,7 +125,7 @@ def create_app(coordinator: Coordinator) -> FastAPI:
 
     @app.exception_handler(AuthFailure)
     async def auth_failed(request: Request, exc: AuthFailure):
-        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception):
@@ -147,11 +147,11 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         coordinator.touch(signed.hospital_id)
         return signed.hospital_id, body
 
-    @app.get("/v1/health")
+    @app.get(Route.HEALTH)
     async def health() -> dict:
         return {"status": "ok", "software_version": __version__}
 
-    @app.post("/v1/enroll", openapi_extra=JSON_BODY)
+    @app.post(Route.ENROLL, openapi_extra=JSON_BODY)
     async def enroll(request: Request) -> dict:
         signed = parse_signed_headers(request.headers)
         body = await read_body(request, CONTROL_BODY_LIMIT)
@@ -175,23 +175,23 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         return await run_in_threadpool(coordinator.enroll, token=token, hospital_id=hospital_id,
                                        public_key=public_key, num_images=num_images)
 
-    @app.get("/v1/plan")
+    @app.get(Route.PLAN)
     async def plan(request: Request) -> dict:
         await authenticate(request)
         return {"federation_id": coordinator.federation_id, "plan": coordinator.plan.to_dict(),
                 "plan_hash": coordinator.plan_hash}
 
-    @app.get("/v1/hospitals")
+    @app.get(Route.HOSPITALS)
     async def hospitals(request: Request) -> dict:
         await authenticate(request)
-        return {"hospitals": coordinator.peers()}
+        return Peers(coordinator.peers()).to_dict()
 
-    @app.get("/v1/roster")
+    @app.get(Route.ROSTER)
     async def roster(request: Request) -> dict:
         await authenticate(request)
-        return coordinator.roster_view()
+        return coordinator.roster_view().to_dict()
 
-    @app.post("/v1/roster/signature", openapi_extra=JSON_BODY)
+    @app.post(Route.ROSTER_SIGNATURE, openapi_extra=JSON_BODY)
     async def roster_signature(request: Request) -> dict:
         hospital_id, body = await authenticate(request, limit=CONTROL_BODY_LIMIT)
         data = _json_body(body)
@@ -203,12 +203,12 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         await run_in_threadpool(coordinator.sign_roster, hospital_id, digest, signature)
         return {"ok": True}
 
-    @app.get("/v1/status")
+    @app.get(Route.STATUS)
     async def status(request: Request) -> dict:
         await authenticate(request)
-        return await run_in_threadpool(coordinator.public_status)
+        return (await run_in_threadpool(coordinator.public_status)).to_dict()
 
-    @app.get("/v1/state")
+    @app.get(Route.STATE)
     async def state(request: Request, since: str = "", wait: float = 0.0) -> dict:
         hospital_id, _ = await authenticate(request)
         loop = asyncio.get_running_loop()
@@ -219,21 +219,21 @@ def create_app(coordinator: Coordinator) -> FastAPI:
             while True:
                 event = notifier["n"].event
                 view = coordinator.view(hospital_id)
-                view["etag"] = view_etag(view)
+                view = dataclasses.replace(view, etag=view.stable_etag())
                 remaining = end - loop.time()
-                if view["etag"] != since or remaining <= 0:
-                    return view
+                if view.etag != since or remaining <= 0:
+                    return view.to_dict()
                 try:
                     await asyncio.wait_for(event.wait(), timeout=min(1.0, remaining))
                 except TimeoutError:
                     pass
                 if await request.is_disconnected():
                     disconnected = True
-                    return view
+                    return view.to_dict()
         finally:
             coordinator.poll_ended(hospital_id, disconnected=disconnected)
 
-    @app.get("/v1/presence")
+    @app.get(Route.PRESENCE)
     async def presence(request: Request, wait: float = 0.0) -> dict:
         """Held open by each hospital while it runs: when the connection drops, the coordinator stops
         waiting for that hospital in the current step."""
@@ -252,29 +252,29 @@ def create_app(coordinator: Coordinator) -> FastAPI:
         finally:
             coordinator.poll_ended(hospital_id, disconnected=disconnected)
 
-    @app.get("/v1/models/{round}.dpm", responses=BINARY_RESPONSE)
+    @app.get(Route.MODEL, responses=BINARY_RESPONSE)
     async def model(request: Request, round: int):
         await authenticate(request)
         return FileResponse(coordinator.model_package_path(round), media_type="application/octet-stream")
 
-    @app.get("/v1/rounds/{round}/result")
+    @app.get(Route.ROUND_RESULT)
     async def round_result(request: Request, round: int) -> dict:
         await authenticate(request)
-        return await run_in_threadpool(coordinator.round_result, round)
+        return (await run_in_threadpool(coordinator.round_result, round)).to_dict()
 
-    @app.get("/v1/rounds/{round}/{attempt}/{step}", responses=BINARY_RESPONSE)
+    @app.get(Route.STEP, responses=BINARY_RESPONSE)
     async def step_answer(request: Request, round: int, attempt: int, step: str):
         hospital_id, _ = await authenticate(request)
         body = await run_in_threadpool(coordinator.broadcast_for, hospital_id, round, attempt, step)
         return Response(body, media_type="application/octet-stream")
 
-    @app.post("/v1/rounds/{round}/{attempt}/leave")
-    async def leave(request: Request, round: int, attempt: int) -> dict:
+    @app.post(Route.LEAVE_ROUND)
+    async def leave_round(request: Request, round: int, attempt: int) -> dict:
         hospital_id, _ = await authenticate(request, limit=CONTROL_BODY_LIMIT)
-        await run_in_threadpool(coordinator.leave, hospital_id, round, attempt)
+        await run_in_threadpool(coordinator.leave_round, hospital_id, round, attempt)
         return {"ok": True}
 
-    @app.post("/v1/rounds/{round}/{attempt}/{step}", openapi_extra=BINARY_BODY)
+    @app.post(Route.STEP, openapi_extra=BINARY_BODY)
     async def submit(request: Request, round: int, attempt: int, step: str) -> dict:
         if step not in coordinator.steps:
             raise Refused(404, f"Unknown round step {step!r}; this federation uses {', '.join(coordinator.steps)}.")
@@ -289,11 +289,18 @@ def create_app(coordinator: Coordinator) -> FastAPI:
             await run_in_threadpool(coordinator.submit, hospital_id, round, attempt, step, body)
         return {"ok": True, "bytes": len(body)}
 
-    @app.post("/v1/decline", openapi_extra=JSON_BODY)
+    @app.post(Route.DECLINE, openapi_extra=JSON_BODY)
     async def decline(request: Request) -> dict:
         hospital_id, body = await authenticate(request, limit=CONTROL_BODY_LIMIT)
         reason = str(_json_body(body).get("reason", ""))
         await run_in_threadpool(coordinator.decline, hospital_id, reason)
+        return {"ok": True}
+
+    @app.post(Route.LEAVE, openapi_extra=JSON_BODY)
+    async def leave(request: Request) -> dict:
+        hospital_id, body = await authenticate(request, limit=CONTROL_BODY_LIMIT)
+        reason = str(_json_body(body).get("reason", ""))
+        await run_in_threadpool(coordinator.leave, hospital_id, reason)
         return {"ok": True}
 
     return app

@@ -16,20 +16,13 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from core.errors import AuthFailure
+
 HEADER_HOSPITAL = "X-Dopamine-Hospital"
 HEADER_TIMESTAMP = "X-Dopamine-Timestamp"
 HEADER_NONCE = "X-Dopamine-Nonce"
 HEADER_SIGNATURE = "X-Dopamine-Signature"
 TIMESTAMP_WINDOW_S = 300.0
-
-
-class AuthFailure(Exception):
-    """Why a request was refused; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def signed_message(

@@ -149,60 +149,65 @@ def _url(host: str, port: int) -> str:
     return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
+# Each mode's defaults for what `coordinator init` leaves unset: the one place they are written.
+# FSCDP: lr/momentum are the server optimizer's (the only optimizer); F/FPDP: the local one's, and
+# server_lr 1 with momentum 0 on the averaged delta is plain FedAvg.
+PLAN_DEFAULTS: dict[str, dict] = {
+    "fscdp": {"sample_rate": 0.1, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-5, "lr": 0.5,
+              "momentum": 0.9, "server_optimizer": "sgd", "server_lr_schedule": "constant"},
+    "fpdp": {"batch_size": 32, "local_epochs": 1, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-5,
+             "lr": 0.05, "momentum": 0.9, "server_lr": 1.0, "server_momentum": 0.0, "server_optimizer": "sgd",
+             "server_lr_schedule": "constant"},
+    "f": {"batch_size": 32, "local_epochs": 1, "lr": 0.05, "momentum": 0.9, "server_lr": 1.0,
+          "server_momentum": 0.0, "server_optimizer": "sgd", "server_lr_schedule": "constant"},
+}
+MODE_SETTINGS = {  # what each mode takes at all; anything else given is refused
+    "fscdp": {"sample_rate", "noise_multiplier", "max_grad_norm", "delta"},
+    "fpdp": {"batch_size", "local_epochs", "noise_multiplier", "max_grad_norm", "delta"},
+    "f": {"batch_size", "local_epochs"},
+}
+
+
 def build_plan(config: InitConfig, federation_id: str) -> FederationPlan:
-    """The plan for ``config``, with each mode's defaults for the values left unset."""
+    """The plan for ``config``, with each mode's defaults (PLAN_DEFAULTS) for the values left unset."""
     mode = config.mode
+    if mode not in PLAN_DEFAULTS:
+        raise ConfigError(f"Unknown federation mode {mode!r}; choose one of f, fpdp, fscdp.")
+    defaults = PLAN_DEFAULTS[mode]
+    if mode == "fscdp" and (config.batch_size is not None or config.local_epochs is not None):
+        raise ConfigError("FSCDP takes one DP-SGD step per round at --sample-rate; drop --batch-size/--local-epochs.")
+    if mode != "fscdp" and config.sample_rate is not None:
+        raise ConfigError("F and FPDP train locally with --batch-size; --sample-rate is for FSCDP.")
+    if mode == "f" and config.noise_multiplier is not None:
+        raise ConfigError("Mode F adds no noise; drop --noise-multiplier or use fpdp.")
+
+    def value(name: str):
+        given = getattr(config, name)
+        if name in MODE_SETTINGS["fscdp"] | MODE_SETTINGS["fpdp"] and name not in MODE_SETTINGS[mode]:
+            return None
+        return given if given is not None else defaults.get(name)
+
     colluders = config.colluders if config.colluders is not None else default_colluders(config.hospitals)
     names = config.hospital_names or [f"hospital-{i:02d}" for i in range(1, config.hospitals + 1)]
-    fscdp = mode == "fscdp"
-    if fscdp and (config.batch_size is not None or config.local_epochs is not None):
-        raise ConfigError("FSCDP takes one DP-SGD step per round at --sample-rate; drop --batch-size/--local-epochs.")
-    if not fscdp and config.sample_rate is not None:
-        raise ConfigError("F and FPDP train locally with --batch-size; --sample-rate is for FSCDP.")
+    secagg = mode == "fscdp" or bool(config.secagg)
+    lr, momentum = value("lr"), value("momentum")
     plan = FederationPlan(
-        name=config.name,
-        federation_id=federation_id,
-        mode=mode,
-        rounds=config.rounds,
-        hospitals=config.hospitals,
+        name=config.name, federation_id=federation_id, mode=mode, rounds=config.rounds, hospitals=config.hospitals,
         threshold=config.threshold if config.threshold is not None else default_threshold(config.hospitals, colluders),
-        colluders=colluders,
-        hospital_names=list(names),
+        colluders=colluders, hospital_names=list(names),
         max_attempts=config.max_attempts if config.max_attempts is not None else 5,
-        model=config.model,
-        image_size=config.image_size,
-        # FSCDP: lr/momentum are the server optimizer's (the only optimizer); F/FPDP: the local one's.
-        lr=config.lr if config.lr is not None else (0.5 if fscdp else 0.05),
-        momentum=config.momentum if config.momentum is not None else 0.9,
-        server_lr=config.server_lr if config.server_lr is not None else 1.0,
-        server_momentum=config.server_momentum if config.server_momentum is not None else 0.0,
-        server_optimizer=config.server_optimizer or "sgd",
-        server_lr_schedule=config.server_lr_schedule or "constant",
-        delta=config.delta if mode != "f" else None,
-        accountant=config.accountant,
-        noise_multiplier=config.noise_multiplier,
-        max_grad_norm=config.max_grad_norm if mode != "f" else None,
-        sample_rate=config.sample_rate,
-        batch_size=None if fscdp else (config.batch_size or 32),
-        local_epochs=None if fscdp else (config.local_epochs or 1),
-        secagg=True if fscdp else bool(config.secagg),
-        update_bound=None,
+        model=config.model, image_size=config.image_size, lr=lr, momentum=momentum,
+        # FSCDP: the server optimizer carries the DP-SGD step, so lr and momentum are its settings.
+        server_lr=lr if mode == "fscdp" else value("server_lr"),
+        server_momentum=momentum if mode == "fscdp" else value("server_momentum"),
+        server_optimizer=value("server_optimizer"), server_lr_schedule=value("server_lr_schedule"),
+        delta=value("delta"), accountant=config.accountant, noise_multiplier=value("noise_multiplier"),
+        max_grad_norm=value("max_grad_norm"), sample_rate=value("sample_rate"), batch_size=value("batch_size"),
+        local_epochs=value("local_epochs"), secagg=secagg,
+        update_bound=(config.update_bound if config.update_bound is not None else 10.0)
+        if secagg and mode != "fscdp" else None,
         seed=config.seed,
     )
-    if fscdp:
-        plan.sample_rate = config.sample_rate if config.sample_rate is not None else 0.1
-        plan.noise_multiplier = config.noise_multiplier if config.noise_multiplier is not None else 1.0
-        plan.max_grad_norm = config.max_grad_norm if config.max_grad_norm is not None else 1.0
-        plan.delta = config.delta if config.delta is not None else 1e-5
-        # The server optimizer carries the DP-SGD step: lr/momentum are its settings.
-        plan.server_lr = plan.lr
-        plan.server_momentum = plan.momentum
-    elif mode == "fpdp":
-        plan.noise_multiplier = config.noise_multiplier if config.noise_multiplier is not None else 1.0
-        plan.max_grad_norm = config.max_grad_norm if config.max_grad_norm is not None else 1.0
-        plan.delta = config.delta if config.delta is not None else 1e-5
-    if plan.secagg and mode != "fscdp":
-        plan.update_bound = config.update_bound if config.update_bound is not None else 10.0
     plan.validate()
     return plan
 

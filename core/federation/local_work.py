@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from core.data.preprocess import Preprocessing, normalize
-from core.federation.plan import FederationPlan, hospital_noise_std
+from core.federation.plan import FederationPlan
 from core.federation.weights import ParameterLayout
 from core.jobs import NEVER_CANCELLED, CancelToken
 from core.privacy.noise import DPRandom
@@ -35,11 +35,6 @@ class LocalResult:
     batch_size: int  # FSCDP: this round's Poisson sample size (never sent)
     steps: int  # optimizer steps taken locally (FPDP: what the ledger was charged)
     sample_rate: float
-
-
-def noise_std(plan: FederationPlan) -> float:
-    """Each hospital's share of the FSCDP noise: sigma * C / sqrt(m - t) (the plan's rule)."""
-    return hospital_noise_std(plan)
 
 
 def fscdp_step(
@@ -75,7 +70,7 @@ def fscdp_step(
     else:
         # Nobody sampled: the sum is zero, but the noise must still be added (and charged).
         grads = {name: torch.zeros(shape) for name, shape in layout.shapes.items()}
-    noised = add_gaussian_noise(grads, noise_std(plan), rng=rng)
+    noised = add_gaussian_noise(grads, plan.noise_std_per_hospital(), rng=rng)
     return LocalResult(vector=layout.flatten(noised), loss=loss, batch_size=int(len(indices)), steps=1,
                        sample_rate=float(plan.sample_rate))
 

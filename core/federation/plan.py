@@ -40,16 +40,6 @@ def default_threshold(hospitals: int, colluders: int | None = None) -> int:
     return min(hospitals, max(2, math.ceil(2 * hospitals / 3), (hospitals + colluders) // 2 + 1))
 
 
-def hospital_noise_std(plan: FederationPlan) -> float:
-    """FSCDP: the noise each hospital adds, sigma * C / sqrt(m - t).
-
-    Any released sum holds at least m noised vectors and a coordinator with t colluding hospitals
-    knows at most t of their noises, so the noise unknown to it is at least N(0, sigma^2 C^2): the
-    noise of centralized DP-SGD with multiplier sigma.
-    """
-    return float(plan.noise_multiplier) * float(plan.max_grad_norm) / math.sqrt(plan.threshold - plan.colluders)
-
-
 def threat_model_text(plan: FederationPlan) -> str:
     """One sentence: against whom the plan's epsilon holds."""
     if not plan.is_private:
@@ -175,6 +165,49 @@ class FederationPlan:
         plan.validate()
         return plan
 
+    # -- the privacy figures of this plan: every other place asks these -----------------------------
+
+    def noise_std_per_hospital(self) -> float:
+        """FSCDP: the noise each hospital adds, sigma * C / sqrt(m - t).
+
+        Any released sum holds at least m noised vectors and a coordinator with t colluding hospitals
+        knows at most t of their noises, so the noise unknown to it is at least N(0, sigma^2 C^2): the
+        noise of centralized DP-SGD with multiplier sigma.
+        """
+        return float(self.noise_multiplier) * float(self.max_grad_norm) / math.sqrt(self.threshold - self.colluders)
+
+    def round_cost(self, num_images: int) -> tuple[float, float, int]:
+        """(noise multiplier, sample rate, steps) one round charges a hospital with ``num_images``.
+
+        FSCDP: one step at the plan's q. FPDP: every local DP-SGD step of E epochs, at the rate local
+        training uses (1 / batches per epoch). F: nothing, (0, 0, 0).
+        """
+        if self.mode == "fscdp":
+            return float(self.noise_multiplier), float(self.sample_rate), 1
+        if self.mode == "fpdp":
+            from core.privacy.accountant import steps_per_epoch
+
+            per_epoch = steps_per_epoch(num_images, int(self.batch_size))
+            return float(self.noise_multiplier), 1.0 / per_epoch, per_epoch * int(self.local_epochs)
+        return 0.0, 0.0, 0
+
+    def total_cost(self, num_images: int) -> tuple[float, float, int]:
+        """(noise multiplier, sample rate, steps) of taking part in every round."""
+        noise, rate, steps = self.round_cost(num_images)
+        return noise, rate, steps * self.rounds
+
+    def epsilon_cost(self, num_images: int, accountant: str | None = None, delta: float | None = None) -> float:
+        """Epsilon of taking part in every round (0.0 for mode F, which protects nothing), at ``delta``
+        (default the plan's; a hospital's ledger states everything at its own)."""
+        noise, rate, steps = self.total_cost(num_images)
+        if steps == 0:
+            return 0.0
+        from core.privacy.accountant import compute_epsilon
+
+        return compute_epsilon(sample_rate=rate, noise_multiplier=noise, steps=steps,
+                               delta=float(delta if delta is not None else self.delta),
+                               accountant=accountant or self.accountant)
+
     @property
     def hospital_ids(self) -> list[str]:
         return [f"h{index:02d}" for index in range(1, self.hospitals + 1)]
@@ -195,7 +228,7 @@ class FederationPlan:
         if self.mode == "fscdp":
             lines.append(f"One DP-SGD step per round: sample rate q = {self.sample_rate:g}, "
                          f"noise multiplier sigma = {self.noise_multiplier:g}, clipping C = {self.max_grad_norm:g}, "
-                         f"each hospital adds noise std sigma*C/sqrt(m - t) = {hospital_noise_std(self):.4g}")
+                         f"each hospital adds noise std sigma*C/sqrt(m - t) = {self.noise_std_per_hospital():.4g}")
             lines.append(f"Server optimizer: {self.server_optimizer.upper()} lr {self.server_lr:g} "
                          f"({self.server_lr_schedule}), "
                          f"{'beta1' if self.server_optimizer == 'adam' else 'momentum'} {self.server_momentum:g}")
@@ -226,39 +259,3 @@ def load_plan(path: Path) -> FederationPlan:
     plan = load_toml(FederationPlan, path)
     plan.validate()
     return plan
-
-
-def hospital_privacy_cost(plan: FederationPlan, num_images: int) -> tuple[float, float, int]:
-    """(noise multiplier, sample rate, steps) this hospital's ledger is charged for the whole plan.
-
-    FSCDP: one step per round at the plan's q. FPDP: every local DP-SGD step of every round, at the
-    rate train_local uses (1 / batches per epoch). F: no privacy cost, (0, 0, 0).
-    """
-    if plan.mode == "fscdp":
-        return float(plan.noise_multiplier), float(plan.sample_rate), plan.rounds
-    if plan.mode == "fpdp":
-        steps, rate = fpdp_round_cost(plan, num_images)
-        return float(plan.noise_multiplier), rate, steps * plan.rounds
-    return 0.0, 0.0, 0
-
-
-def fpdp_round_cost(plan: FederationPlan, num_images: int) -> tuple[int, float]:
-    """(steps, sample rate) of one FPDP round of local DP-SGD for a hospital with ``num_images``."""
-    per_epoch = max(1, math.ceil(num_images / int(plan.batch_size)))
-    return per_epoch * int(plan.local_epochs), 1.0 / per_epoch
-
-
-def plan_cost(plan: FederationPlan, num_images: int, accountant: str | None = None) -> float:
-    """Epsilon this plan costs a hospital with ``num_images`` images if it takes part in every round.
-
-    0.0 for mode F (no differential privacy: the updates themselves are not protected).
-    """
-    noise, rate, steps = hospital_privacy_cost(plan, num_images)
-    if steps == 0:
-        return 0.0
-    from core.privacy.accountant import compute_epsilon
-
-    return compute_epsilon(
-        sample_rate=rate, noise_multiplier=noise, steps=steps, delta=float(plan.delta),
-        accountant=accountant or plan.accountant,
-    )

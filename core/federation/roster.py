@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import FederationError
-from core.federation.plan import FederationPlan, hospital_noise_std
+from core.federation.plan import FederationPlan
 
 ROSTER_SIGNATURE_DOMAIN = b"dopamine-roster-v1\n"
 MAX_ROSTER_ENTRIES = 10_000
@@ -168,7 +168,7 @@ def secagg_params(plan: FederationPlan, roster: FederationRoster, round: int, at
         # Every coordinate of a clipped-gradient sum is within C times the batch size, and a Poisson
         # batch never holds more than the hospital's images: nothing is clipped by the encoding.
         encoding = derive_encoding(max_grad_norm=float(plan.max_grad_norm), max_batch_size=roster.max_images,
-                                   noise_std=hospital_noise_std(plan), num_hospitals=hospitals)
+                                   noise_std=plan.noise_std_per_hospital(), num_hospitals=hospitals)
     else:
         encoding = fixed_point_for_bound(float(plan.update_bound), hospitals)
     return RoundParams(round_id=round_id(plan.federation_id, round, attempt), threshold=plan.threshold,

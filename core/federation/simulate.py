@@ -8,6 +8,9 @@ bytes sent and wall time.
 
     result = run(SimulationConfig(hospitals=3, mode="fscdp"), progress=..., cancel=...)
     result.to_dict()   # coordinator_url, plan, hospitals, rounds, model_path, ...
+
+Why one module (about 470 lines): the simulation's processes, its run and the collection of its
+results belong to one command.
 """
 
 from __future__ import annotations
@@ -28,17 +31,16 @@ from pathlib import Path
 from core.errors import ConfigError, FederationError
 from core.jobs import NEVER_CANCELLED, CancelToken, ProgressFn, no_progress
 
-# Defaults per mode. FSCDP's are the 3-hospital demo's (200 synthetic images per hospital at 64 px,
-# small_cnn, sigma 1, C 1): q 0.3, SGD with momentum 0.9 at the coordinator, lr 0.3 decayed to 0
-# (cosine) over 160 rounds. An emulation of exactly these DP-SGD steps held 0.69-0.71 test accuracy
-# from round 125 on (majority-class baseline 0.495); with q 0.2 it was 0.55-0.65 and varied more
-# from run to run. See the FEDERATION report for the measured end-to-end times.
-MODE_DEFAULTS: dict[str, dict] = {
-    "fscdp": {"rounds": 160, "sample_rate": 0.3, "noise_multiplier": 1.0, "max_grad_norm": 1.0, "lr": 0.3,
-              "momentum": 0.9, "delta": 1e-4, "server_optimizer": "sgd", "server_lr_schedule": "cosine"},
-    "fpdp": {"rounds": 5, "batch_size": 32, "local_epochs": 1, "noise_multiplier": 1.0, "max_grad_norm": 1.0,
-             "lr": 0.2, "momentum": 0.9, "delta": 1e-4},
-    "f": {"rounds": 5, "batch_size": 32, "local_epochs": 1, "lr": 0.05, "momentum": 0.9},
+# What a simulation on the synthetic data sets differently from the plan's defaults
+# (core.federation.layout.PLAN_DEFAULTS). FSCDP is the 3-hospital demo's tuning (200 synthetic images
+# per hospital at 64 px, small_cnn, sigma 1, C 1): q 0.3, the coordinator's SGD with momentum 0.9 at
+# lr 0.3 decayed to 0 (cosine) over 160 rounds; an emulation of exactly these DP-SGD steps held
+# 0.69-0.71 test accuracy from round 125 on (majority-class baseline 0.495), with q 0.2 it was
+# 0.55-0.65 and varied more. delta 1e-4 is below 1/N for 200 images per hospital.
+SIMULATION_TUNING: dict[str, dict] = {
+    "fscdp": {"rounds": 160, "sample_rate": 0.3, "lr": 0.3, "delta": 1e-4, "server_lr_schedule": "cosine"},
+    "fpdp": {"rounds": 5, "lr": 0.2, "delta": 1e-4},
+    "f": {"rounds": 5},
 }
 
 
@@ -270,33 +272,31 @@ class CoordinatorProcess:
 def _plan_init_config(config: SimulationConfig, folder: Path, port: int, eval_data: Path):
     from core.federation.layout import InitConfig
 
-    defaults = MODE_DEFAULTS[config.mode]
+    tuning = SIMULATION_TUNING[config.mode]
 
     def pick(name: str):
         value = getattr(config, name)
-        return value if value is not None else defaults.get(name)
+        return value if value is not None else tuning.get(name)
 
+    rounds = pick("rounds")
     return InitConfig(
         folder=folder, name=f"simulation ({config.mode.upper()}, {config.hospitals} hospitals)", mode=config.mode,
-        rounds=pick("rounds"), hospitals=config.hospitals, hosts=["127.0.0.1", "localhost"], port=port,
+        rounds=rounds, hospitals=config.hospitals, hosts=["127.0.0.1", "localhost"], port=port,
         bind_host="127.0.0.1", threshold=config.threshold, colluders=config.colluders,
         max_attempts=config.max_attempts, model=config.model, image_size=config.image_size,
-        noise_multiplier=pick("noise_multiplier") if config.mode != "f" else None,
-        max_grad_norm=pick("max_grad_norm") if config.mode != "f" else None,
-        sample_rate=pick("sample_rate") if config.mode == "fscdp" else None,
-        batch_size=pick("batch_size") if config.mode != "fscdp" else None,
-        local_epochs=pick("local_epochs") if config.mode != "fscdp" else None,
+        noise_multiplier=pick("noise_multiplier"), max_grad_norm=pick("max_grad_norm"),
+        sample_rate=pick("sample_rate"), batch_size=pick("batch_size"), local_epochs=pick("local_epochs"),
         lr=pick("lr"), momentum=pick("momentum"), delta=pick("delta"), accountant=config.accountant,
         server_optimizer=pick("server_optimizer"), server_lr_schedule=pick("server_lr_schedule"),
         secagg=config.secagg, seed=config.seed, eval_data=eval_data,
-        eval_every=config.eval_every if config.eval_every is not None else max(1, pick("rounds") // 10),
+        eval_every=config.eval_every if config.eval_every is not None else max(1, rounds // 10),
         compute_phase_timeout_s=120.0, key_phase_timeout_s=60.0,
     )
 
 
 def run(config: SimulationConfig, *, progress: ProgressFn = no_progress,
         cancel: CancelToken = NEVER_CANCELLED) -> SimulationResult:
-    if config.mode not in MODE_DEFAULTS:
+    if config.mode not in SIMULATION_TUNING:
         raise ConfigError(f"Unknown mode {config.mode!r}; choose f, fpdp or fscdp.")
     if config.hospitals < 1:
         raise ConfigError("A simulation needs at least one hospital.")

@@ -7,6 +7,7 @@ from pathlib import Path
 from core.errors import FederationError
 from core.federation.layout import FederationPaths, load_settings
 from core.federation.plan import load_plan, plan_hash
+from core.federation.round_state import RoundState
 from core.federation.store import CoordinatorStore
 
 
@@ -24,21 +25,22 @@ def read_status(folder: Path, *, last_rounds: int = 5) -> dict:
         invitations = store.invitation_count()
     finally:
         store.close()
-    model_round = int(meta.get("model_round", 0))
-    model = paths.model_package(model_round)
+    state = RoundState.from_meta(meta)
+    model = paths.model_package(state.model_round)
     return {
         "federation_id": plan.federation_id,
         "name": plan.name,
         "coordinator_url": settings.url,
         "mode": plan.mode,
         "plan_hash": plan_hash(plan),
-        "status": meta.get("status", "enrolling"),
-        "stop_reason": meta.get("stop_reason", ""),
-        "round": int(meta.get("round", 0)),
+        "status": state.status,
+        "stop_reason": state.stop_reason,
+        "round": state.round,
         "rounds": plan.rounds,
-        "attempt": int(meta.get("attempt", 0)),
-        "phase": meta.get("phase", ""),
-        "rounds_finished": model_round,
+        "attempt": state.attempt,
+        "phase": state.phase,
+        "rounds_finished": state.model_round,
+        "roster_signed": sorted(state.roster_signatures),
         "invitations": invitations,
         "hospitals": [
             {"hospital_id": h.hospital_id, "name": h.name, "fingerprint": h.fingerprint, "num_images": h.num_images,

@@ -21,22 +21,12 @@ import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from core.audit import AuditLog
-from core.errors import FederationError, NetworkError
+from core.errors import FederationError, NetworkError, RequestFailure
 from core.federation.auth import sign_request
 from core.federation.invitation import check_https_url
 from core.jobs import NEVER_CANCELLED, CancelToken
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
-
-
-class RequestFailure(FederationError):
-    """A final (4xx) answer from the coordinator; ``detail`` is its one-line reason."""
-
-    def __init__(self, status: int, detail: str, code: str = "") -> None:
-        super().__init__(f"The coordinator refused the request ({status}): {detail}")
-        self.status = status
-        self.detail = detail
-        self.code = code
 
 
 def _is_certificate_error(exc: BaseException) -> bool:

@@ -5,6 +5,9 @@ so neither member can change without it failing. Reading never unpickles or exec
 the zip is checked for exactly these three members and for size limits before any member is
 decompressed, the card is strict JSON validated field by field, and the weights are safetensors
 whose names and shapes must fit the declared architecture.
+
+Why one module (about 430 lines): reading and writing the .dpm, and every check between the two
+(zip limits, strict JSON, the card's fields, the signature), must stay in step.
 """
 
 from __future__ import annotations

@@ -115,6 +115,11 @@ def calibrate_noise_multiplier(
     return high
 
 
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Batches per epoch; with Poisson sampling the sample rate is 1 / steps_per_epoch (as in Opacus)."""
+    return max(1, math.ceil(num_examples / batch_size))
+
+
 def check_delta(delta: float, num_examples: int) -> None:
     """Refuse a delta that is not in (0, 1/N): with delta >= 1/N a mechanism may publish one record."""
     if not _is_whole(num_examples) or num_examples < 1:

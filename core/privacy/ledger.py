@@ -12,6 +12,9 @@ run at most once, and asking again is refused (ReleaseRefused).
 Cap changes made on purpose go through ``change_cap(home, ...)``, which writes a "ledger" entry to the
 home's signed audit log before it changes the ledger; the CLI (`dopamine ledger set-cap`), the app's
 Privacy page and a first ``dopamine train --max-epsilon`` all use it.
+
+Why one module (about 480 lines): the ledger's promise (check the cap and record the charge in one
+serialised, fsynced transaction) lives in one class with its SQLite schema and its previews.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import threading
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from core.config import atomic_write_bytes
 from core.errors import LedgerError, PrivacyBudgetExceeded, PrivacyError, ReleaseRefused
@@ -35,9 +37,6 @@ from core.privacy.accountant import (
     compute_epsilon_history,
     validate_history_entry,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    from core.home import HospitalHome
 
 # "DPL1": lets us tell our ledger from any other SQLite file.
 APPLICATION_ID = 0x44504C31
@@ -148,6 +147,11 @@ class PrivacyLedger:
         with self._lock:
             history = self._history(self._connection.cursor())
         return self._epsilon(history + [entry])
+
+    def preview(self, noise_multiplier: float, sample_rate: float, steps: int) -> ChargePreview:
+        """The ledger before and after this work, against its cap. Writes nothing."""
+        return ChargePreview(self.spent(), self.epsilon_if(noise_multiplier, sample_rate, steps), self.max_epsilon,
+                             self.delta, self.accountant)
 
     def charge(
         self,
@@ -406,89 +410,44 @@ class _Transaction:
 
 
 @dataclass(frozen=True)
-class CapChange:
-    """A deliberate change of a ledger's cap (and perhaps its delta), as recorded in the audit log."""
+class ChargePreview:
+    """What a hospital's ledger would show after some work, and whether its cap allows it."""
 
-    ledger: str
-    old_cap: float | None
-    new_cap: float | None
-    old_delta: float | None
-    new_delta: float | None
-    spent: float | None  # epsilon already spent, at the new delta (None while the ledger has no delta)
-    source: str
-    old_accountant: str = "rdp"
-    new_accountant: str = "rdp"
+    epsilon_before: float
+    epsilon_after: float
+    max_epsilon: float | None
+    delta: float | None
+    accountant: str
 
     @property
-    def changed(self) -> bool:
-        return (self.old_cap, self.old_delta, self.old_accountant) != (
-            self.new_cap, self.new_delta, self.new_accountant)
+    def allowed(self) -> bool:
+        return self.max_epsilon is None or self.epsilon_after <= self.max_epsilon
 
-    @property
-    def below_spent(self) -> bool:
-        return self.new_cap is not None and self.spent is not None and self.spent > self.new_cap
-
-    def summary(self) -> str:
-        """One line for the audit log: what changed, old and new values."""
-        text = f"privacy cap {_cap_text(self.old_cap)} -> {_cap_text(self.new_cap)}"
-        if self.new_delta != self.old_delta:
-            text += f"; delta {self.old_delta if self.old_delta is not None else 'unset'} -> {self.new_delta}"
-        if self.new_accountant != self.old_accountant:
-            text += f"; accountant {self.old_accountant} -> {self.new_accountant}"
-        return text + (f" ({self.source})" if self.source else "")
-
-    def message(self) -> str:
-        """What to tell the user."""
-        if not self.changed:
-            return f"Nothing changed: the cap is already {_cap_text(self.new_cap)}" + (
-                f" at delta = {self.new_delta:g}." if self.new_delta is not None else ".")
-        cap = "No cap: private work is no longer limited" if self.new_cap is None else (
-            f"Cap set to epsilon = {self.new_cap:g}")
-        delta = f" at delta = {self.new_delta:g}" if self.new_delta is not None else ""
-        text = f"{cap}{delta} (was {_cap_text(self.old_cap)}); recorded in the signed audit log."
-        if self.below_spent:
-            text += (f" The new cap is below the epsilon = {self.spent:.3g} already spent: nothing more can be "
-                     "charged until the cap is raised again.")
-        return text
+    def text(self) -> str:
+        cap = "no cap is set" if self.max_epsilon is None else f"the cap is {self.max_epsilon:g}"
+        change = f"ε would go from {self.epsilon_before:.3g} to {self.epsilon_after:.3g}; {cap}."
+        if self.allowed:
+            return f"Allowed: {change}"
+        return f"Refused: {change} Add noise, take fewer steps or raise the cap."
 
 
-def change_cap(home: HospitalHome, max_epsilon: float | None, *, delta: float | None = None,
-               accountant: str | None = None, source: str = "") -> CapChange:
-    """Set (None: remove) the cap of ``home``'s ledger, optionally its delta and accountant.
+def preview_charge(path: Path, *, noise_multiplier: float, sample_rate: float, steps: int,
+                   delta: float | None = None, accountant: str | None = None) -> ChargePreview:
+    """``PrivacyLedger.preview`` of the ledger at ``path``; without a ledger yet, from nothing at ``delta``
+    (PrivacyError when there is no ledger and no delta). Creates no file."""
+    path = Path(path)
+    if path.exists():
+        with PrivacyLedger(path) as ledger:
+            if ledger.delta is not None:
+                return ledger.preview(noise_multiplier, sample_rate, steps)
+    if delta is None:
+        raise PrivacyError("Set delta (on the Privacy page, or `dopamine ledger set-cap`) before checking a plan.")
+    from core.privacy.accountant import compute_epsilon
 
-    The change is written to the home's signed audit log (kind "ledger") before the ledger changes, so
-    the log never misses a cap change. Lowering the cap below what is already spent is allowed: it
-    stops further private work, and ``CapChange.message()`` says so.
-    """
-    _check_cap(max_epsilon)
-    if delta is not None:
-        check_delta_value(delta)
-    if accountant is not None:
-        check_accountant_name(accountant)
-    from core.audit import AuditLog
-
-    home.ensure()
-    key = home.identity()
-    with PrivacyLedger(home.ledger) as ledger:
-        old_cap, old_delta = ledger.max_epsilon, ledger.delta
-        new_delta = delta if delta is not None else old_delta
-        spent = None if new_delta is None else ledger._spent_at(new_delta, accountant or ledger.accountant)
-        change = CapChange(ledger=str(ledger.path), old_cap=old_cap,
-                           new_cap=None if max_epsilon is None else float(max_epsilon), old_delta=old_delta,
-                           new_delta=None if new_delta is None else float(new_delta), spent=spent,
-                           source=source, old_accountant=ledger.accountant,
-                           new_accountant=accountant or ledger.accountant)
-        if not change.changed:
-            return change  # nothing to record
-        document = {**asdict(change), "time": datetime.now(UTC).isoformat(timespec="seconds")}
-        AuditLog(home.audit_log, key=key).append(
-            kind="ledger", what=change.summary(), payload=json.dumps(document, sort_keys=True).encode())
-        ledger.set_cap(max_epsilon, delta, accountant=accountant)
-    return change
-
-
-def _cap_text(cap: float | None) -> str:
-    return "none" if cap is None else f"{cap:g}"
+    accountant = accountant or "rdp"
+    after = compute_epsilon(sample_rate=sample_rate, noise_multiplier=noise_multiplier, steps=steps, delta=delta,
+                            accountant=accountant)
+    return ChargePreview(0.0, after, None, delta, accountant)
 
 
 def _merged(history: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:

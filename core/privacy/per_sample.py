@@ -21,6 +21,10 @@ DPOptimizer, able to clip such entries) and clip_and_sum handle both kinds.
 
 The module's forward is swapped (per instance) only while a FusedGradSampleModule wraps it;
 ``remove_hooks()`` puts the original back.
+
+Why one module (about 590 lines): the fused per-example gradients of each layer kind, their ghost
+norms, the allow-list of layers that keep examples independent and the optimizer that clips them
+share private invariants (generations, processed flags) that must change together.
 """
 
 from __future__ import annotations

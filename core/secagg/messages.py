@@ -7,6 +7,9 @@ JSON keys, payload size exactly as declared. Anything else raises SecAggError. N
 
 Signatures (Ed25519, long-term identity key of the sender) cover ``signed_fields()``; the
 state machines sign and verify them, this module only carries the bytes.
+
+Why one module (about 520 lines): every message of the protocol and the one strict parser of their
+wire format; splitting them would scatter the format's rules.
 """
 
 from __future__ import annotations

@@ -29,6 +29,10 @@ class TrainConfig:
     delta: float | None = None
     accountant: str = "rdp"
     image_size: int = 224
+    # Crop every image to the retina's disc / local-average colour normalisation (core.data.preprocess);
+    # recorded in the model card, so inference repeats them.
+    fundus_crop: bool = False
+    local_contrast: bool = False
     val_fraction: float = 0.2
     seed: int = 0
     # The hospital home (core.home): its ledger, identity key, run logs and image cache. None: the default home.
@@ -76,3 +80,57 @@ class TrainConfig:
             raise ConfigError("--max-epsilon must be a positive epsilon.")
         if self.delta is not None and not 0.0 < self.delta < 1.0:
             raise ConfigError("Delta must be between 0 and 1 (and below 1/N, the number of training images).")
+
+
+def default_delta(num_examples: int) -> float:
+    """1e-5 when that is well below 1/N, else 1/(10 N)."""
+    return 1e-5 if 1e-5 < 0.1 / num_examples else 0.1 / num_examples
+
+
+def resolve_delta(ledger_delta: float | None, requested: float | None, num_examples: int) -> float:
+    """The delta a private run states its epsilon at: the ledger's when it has one (every charge composes
+    at it; a different requested one is refused), else the requested one or ``default_delta``. Always
+    checked to be below 1/N."""
+    from core.privacy.accountant import check_delta
+
+    if ledger_delta is not None and requested is not None and requested != ledger_delta:
+        raise ConfigError(
+            f"The hospital's ledger states every epsilon at delta={ledger_delta:g}, so this run cannot use "
+            f"delta={requested:g}; leave delta empty (the ledger's is used), or change the ledger's delta "
+            "deliberately (`dopamine ledger set-cap`, or the Privacy page)."
+        )
+    delta = ledger_delta if ledger_delta is not None else requested
+    delta = delta if delta is not None else default_delta(num_examples)
+    check_delta(delta, num_examples)
+    return delta
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a local run will do and cost: the one computation the trainer and the app's preview share."""
+
+    train_images: int
+    steps_per_epoch: int
+    sample_rate: float  # Poisson rate q = 1 / steps per epoch
+    steps: int
+    noise_multiplier: float | None  # None for mode C
+    delta: float | None
+    epsilon: float | None  # of this run alone, at ``delta``; None for mode C
+    accountant: str
+
+
+def plan_run(config: TrainConfig, num_train: int, delta: float | None) -> RunPlan:
+    """The run ``config`` describes on ``num_train`` training images; ``delta`` from resolve_delta (CDP)."""
+    from core.privacy.accountant import calibrate_noise_multiplier, compute_epsilon, steps_per_epoch
+
+    per_epoch = steps_per_epoch(num_train, config.batch_size)
+    rate, steps = 1.0 / per_epoch, per_epoch * config.epochs
+    if config.mode != "cdp":
+        return RunPlan(num_train, per_epoch, rate, steps, None, None, None, config.accountant)
+    noise = config.noise_multiplier
+    if noise is None:
+        noise = calibrate_noise_multiplier(target_epsilon=float(config.target_epsilon), sample_rate=rate, steps=steps,
+                                           delta=float(delta), accountant=config.accountant)
+    epsilon = compute_epsilon(sample_rate=rate, noise_multiplier=noise, steps=steps, delta=float(delta),
+                              accountant=config.accountant)
+    return RunPlan(num_train, per_epoch, rate, steps, noise, delta, epsilon, config.accountant)

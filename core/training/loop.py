@@ -39,15 +39,6 @@ class LocalTrainStats:
     losses: list[float] = field(default_factory=list)
 
 
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Batches per epoch; with Poisson sampling the sample rate is 1 / steps_per_epoch (as in Opacus)."""
-    return max(1, math.ceil(num_examples / batch_size))
-
-
-def sample_rate_for(num_examples: int, batch_size: int) -> float:
-    return 1.0 / steps_per_epoch(num_examples, batch_size)
-
-
 def _learning_rate(base_lr: float, schedule: str, step: int, total_steps: int) -> float:
     if schedule == "cosine":
         return 0.5 * base_lr * (1.0 + math.cos(math.pi * step / max(1, total_steps)))

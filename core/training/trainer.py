@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from core import __version__
 from core.errors import ConfigError, DataError
 from core.jobs import NEVER_CANCELLED, CancelToken, ProgressFn, no_progress
-from core.training.config import TrainConfig
+from core.training.config import TrainConfig, plan_run, resolve_delta
 
 if TYPE_CHECKING:  # pragma: no cover
     from core.home import HospitalHome
@@ -71,29 +71,6 @@ class TrainResult:
         return asdict(self)
 
 
-def default_delta(num_examples: int) -> float:
-    """1e-5 when that is well below 1/N, else 1/(10 N)."""
-    return 1e-5 if 1e-5 < 0.1 / num_examples else 0.1 / num_examples
-
-
-def resolve_delta(ledger_delta: float | None, requested: float | None, num_examples: int) -> float:
-    """The delta a private run states its epsilon at: the ledger's when it has one (every charge composes
-    at it; a different requested one is refused), else the requested one or ``default_delta``. Always
-    checked to be below 1/N."""
-    from core.privacy.accountant import check_delta
-
-    if ledger_delta is not None and requested is not None and requested != ledger_delta:
-        raise ConfigError(
-            f"The hospital's ledger states every epsilon at delta={ledger_delta:g}, so this run cannot use "
-            f"delta={requested:g}; leave delta empty (the ledger's is used), or change the ledger's delta "
-            "deliberately (`dopamine ledger set-cap`, or the Privacy page)."
-        )
-    delta = ledger_delta if ledger_delta is not None else requested
-    delta = delta if delta is not None else default_delta(num_examples)
-    check_delta(delta, num_examples)
-    return delta
-
-
 def resolve_device(name: str):
     import torch
 
@@ -113,7 +90,8 @@ def _open_ledger(config: TrainConfig, home: HospitalHome, num_train: int, run_id
     cap already set it is a limit on this run, which can only tighten the cap, never raise it.
     """
     from core.audit import check_ledger_not_behind
-    from core.privacy.ledger import PrivacyLedger, change_cap
+    from core.budget import change_cap
+    from core.privacy.ledger import PrivacyLedger
 
     home.ensure()
     ledger = PrivacyLedger(home.ledger)
@@ -188,8 +166,8 @@ def _train(config, home, run_id, run_dir, progress, cancel, on_epoch, closing: E
     from core.data import Preprocessing, load_tensors, stratified_split, validate
     from core.models.package import ModelCard, write_package
     from core.models.registry import build_model
-    from core.privacy.accountant import calibrate_noise_multiplier, compute_epsilon
-    from core.training.loop import DPSettings, evaluate_model, steps_per_epoch, train_local
+    from core.privacy.accountant import compute_epsilon
+    from core.training.loop import DPSettings, evaluate_model, train_local
     from core.training.metrics import majority_baseline
 
     started = time.monotonic()
@@ -215,32 +193,27 @@ def _train(config, home, run_id, run_dir, progress, cancel, on_epoch, closing: E
     log.info("%d usable images (%d train, %d validation); %d problems",
              len(samples), num_train, len(val_samples), len(report.problems))
 
-    spec = Preprocessing(size=config.image_size)
+    spec = Preprocessing(size=config.image_size, fundus_crop=config.fundus_crop,
+                         local_contrast=config.local_contrast)
     progress(0.05, "Preparing images (decoded once, then cached)")
     x_train, y_train = load_tensors(train_samples, spec, cache_dir=home.image_cache,
                                     progress=lambda f, m: progress(0.05 + 0.07 * f, m), cancel=cancel)
     x_val, y_val = load_tensors(val_samples, spec, cache_dir=home.image_cache,
                                 progress=lambda f, m: progress(0.12 + 0.03 * f, m), cancel=cancel)
 
-    per_epoch = steps_per_epoch(num_train, config.batch_size)
-    sample_rate = 1.0 / per_epoch
-    total_steps = per_epoch * config.epochs
     dp = None
-    delta = epsilon = None
     ledger = None
-    noise_multiplier = config.noise_multiplier
     limit = None
     notes: list[str] = []
+    delta = None
     if config.mode == "cdp":
         ledger, delta, limit, notes = _open_ledger(config, home, num_train, run_id)
         closing.callback(ledger.close)
-        if config.target_epsilon is not None:
-            progress(0.15, "Calibrating the noise to the target epsilon")
-            noise_multiplier = calibrate_noise_multiplier(
-                target_epsilon=config.target_epsilon, sample_rate=sample_rate, steps=total_steps,
-                delta=delta, accountant=config.accountant)
-        epsilon = compute_epsilon(sample_rate=sample_rate, noise_multiplier=noise_multiplier,
-                                  steps=total_steps, delta=delta, accountant=config.accountant)
+        progress(0.15, "Working out the noise and the privacy cost")
+    run_plan = plan_run(config, num_train, delta)
+    per_epoch, sample_rate, total_steps = run_plan.steps_per_epoch, run_plan.sample_rate, run_plan.steps
+    noise_multiplier, epsilon = run_plan.noise_multiplier, run_plan.epsilon
+    if config.mode == "cdp":
         dp = DPSettings(noise_multiplier=noise_multiplier, max_grad_norm=config.max_grad_norm)
         # Refuse before any step when the whole run would pass the cap or this run's own limit.
         bounds = [b for b in (ledger.max_epsilon, limit) if b is not None]

@@ -14,15 +14,25 @@ if TYPE_CHECKING:
 
 
 class Page(QWidget):
-    """Subclasses set ``title``/``subtitle`` and add their widgets to ``self.body``."""
+    """Subclasses set ``title``/``subtitle`` and add their widgets to ``self.body``.
+
+    ``scrolls = False`` gives a page that fills the window instead (the Viewer's splitters).
+    """
 
     key = ""
     title = ""
     subtitle = ""
+    scrolls = True
 
     def __init__(self, context: AppContext, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.context = context
+        if not self.scrolls:
+            self.body = QVBoxLayout(self)
+            self.body.setContentsMargins(28, 22, 28, 16)
+            self.body.setSpacing(10)
+            self._add_titles()
+            return
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         scroll = QScrollArea()
@@ -37,6 +47,9 @@ class Page(QWidget):
         self.body = QVBoxLayout(content)
         self.body.setContentsMargins(28, 22, 28, 22)
         self.body.setSpacing(12)
+        self._add_titles()
+
+    def _add_titles(self) -> None:
         self.title_label = label(self.title, "title")
         self.subtitle_label = label(self.subtitle, "subtitle")
         self.body.addWidget(self.title_label)

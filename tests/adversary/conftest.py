@@ -2,6 +2,7 @@
 real HTTPS, and real hospital clients, each with its own hospital home."""
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -51,8 +52,9 @@ class Federation:
             threads = [threading.Thread(target=self._join, args=(n, accept_roster)) for n in numbers]
             for thread in threads:
                 thread.start()
+            deadline = time.monotonic() + 150
             for thread in threads:
-                thread.join(timeout=150)
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
             assert not any(t.is_alive() for t in threads), "a hospital client did not finish"
         self.service.stop()
 

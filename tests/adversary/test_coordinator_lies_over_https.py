@@ -10,6 +10,8 @@ import dataclasses
 
 import pytest
 
+from core.federation.round_machine import OpenAttempt
+
 
 @pytest.mark.parametrize("lie", ["encoding bound", "threshold", "colluders", "vector length"])
 def test_forged_round_parameters_are_refused_before_anything_noised_leaves(tmp_path, data, https_server,
@@ -89,14 +91,14 @@ def test_a_reopened_round_is_refused_and_each_release_is_charged_once(tmp_path, 
     finish = service._finish_round
     reopened = []
 
-    def finish_round(included, aggregate, *, averaged=False):
-        if not reopened and service._meta["round"] == 1:
+    def finish_round(aggregate):
+        if not reopened and service.state.round == 1:
             reopened.append(True)
             with service.store.transaction() as db:  # what a backup from before round 1 holds
                 service.store.delete_attempt_data(db, 1, 1)
-            service._open_attempt(round=1, attempt=1, first=True)
+            service._open_attempt(OpenAttempt(round=1, attempt=1, first=True))
             return
-        finish(included, aggregate, averaged=averaged)
+        finish(aggregate)
 
     service._finish_round = finish_round
     federation.run()
@@ -119,8 +121,8 @@ def test_a_coordinator_cannot_drain_budgets_with_attempts_beyond_the_plan(tmp_pa
     service = federation.service
     open_attempt = service._open_attempt
 
-    def beyond(*, round, attempt, first):
-        open_attempt(round=round, attempt=service.plan.max_attempts + 1, first=first)
+    def beyond(action):
+        open_attempt(OpenAttempt(round=action.round, attempt=service.plan.max_attempts + 1, first=action.first))
 
     service._open_attempt = beyond
     federation.run()

@@ -120,8 +120,8 @@ def test_the_hospitals_own_signature_and_an_added_signer_are_trusted(world, tmp_
 
 def test_the_viewer_shows_the_forgery_amber_not_verified(world, qtbot):
     from gui.context import AppContext
-    from gui.pages.viewer import ViewerPage
     from gui.settings import AppSettings
+    from gui.viewer import ViewerPage
 
     home, forger, forged, images = world
     context = AppContext(AppSettings(work_folder=home))

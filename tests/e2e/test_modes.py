@@ -11,7 +11,6 @@ import math
 import pytest
 
 from core.audit import read_audit_log
-from core.federation.plan import fpdp_round_cost
 from core.home import HospitalHome
 from core.privacy.accountant import compute_epsilon
 
@@ -110,7 +109,7 @@ def expected_epsilon(run, rounds: int) -> float:
     plan = run.plan
     if plan.mode == "fscdp":
         return fscdp_epsilon(rounds)
-    steps, rate = fpdp_round_cost(plan, run.per_hospital)
+    _noise, rate, steps = plan.round_cost(run.per_hospital)
     return compute_epsilon(sample_rate=rate, noise_multiplier=plan.noise_multiplier, steps=steps * rounds,
                            delta=plan.delta, accountant=plan.accountant)
 

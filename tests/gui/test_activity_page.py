@@ -18,7 +18,7 @@ def _write_log(home, count=3):
 
 
 def test_the_homes_log_is_listed_and_verified_with_its_key(window, qtbot):
-    from core.privacy.ledger import change_cap
+    from core.budget import change_cap
 
     home = window.context.home
     path = _write_log(home)

@@ -64,17 +64,6 @@ def test_a_page_that_fails_to_build_shows_an_error_not_a_crash(qtbot):
     assert isinstance(lazy.load_error, RuntimeError)
 
 
-def test_dopamine_gui_subcommand_calls_gui_app_main(monkeypatch):
-    import gui.app
-    from core.cli import build_parser
-
-    calls = []
-    monkeypatch.setattr(gui.app, "main", lambda argv=None: calls.append(argv) or 0)
-    args = build_parser().parse_args(["gui"])
-    assert args.func(args) == 0
-    assert calls == [[]]
-
-
 def test_start_up_does_not_import_torch(tmp_path):
     """Start-up stays light: torch and Opacus load later, off the GUI thread (the time itself is measured by
     benchmarks/gui_latency.py)."""

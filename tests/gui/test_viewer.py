@@ -23,8 +23,8 @@ from core.models.trust import TrustStore
 from core.signing import generate_private_key
 from gui import dialogs
 from gui.context import AppContext
-from gui.pages.viewer import ViewerPage
 from gui.settings import AppSettings
+from gui.viewer import ViewerPage
 
 WAIT_MS = 20000
 
@@ -314,3 +314,69 @@ def test_a_valid_signature_by_an_unknown_signer_is_amber_until_the_signer_is_tru
     assert "Eye clinic (added by you)" in page.model_banner.text()
     assert page.card_form.rows["Privacy ε (epsilon)"] == "3"
     assert "[UNKNOWN SIGNER]" not in page.prediction_label.text() and errors == []
+
+
+def _stereo(tmp_path):
+    from core.data.dicom_writer import write_dicom
+
+    rng = np.random.default_rng(3)
+    frames = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(3)]
+    return write_dicom(tmp_path / "series" / "stereo.dcm", frames, syntax="rle", ImageLaterality="L",
+                       Manufacturer="Topcon", ManufacturerModelName="TRC-NW8", HorizontalFieldOfView=45,
+                       PatientName="Doe^Jane"), frames
+
+
+def test_the_viewer_steps_through_the_frames_of_a_series(qtbot, page, model_path, tmp_path, errors):
+    path, frames = _stereo(tmp_path)
+    page.open_model(model_path)
+    qtbot.waitUntil(lambda: page.predictor is not None, timeout=WAIT_MS)
+    page.open_paths([path])
+    qtbot.waitUntil(lambda: page.analysis is not None and page.analysis.prediction is not None, timeout=WAIT_MS)
+    assert (page.analysis.frame, page.analysis.frames) == (0, 3)
+    assert page.frame_stepper.isVisible() and page.frame_stepper.position.text() == "frame 1 of 3"
+    assert not page.frame_stepper.previous_button.isEnabled()
+    expected = core_open_model(model_path)
+    seen = []
+    for frame in range(3):
+        if frame:
+            qtbot.keyClick(page.view, Qt.Key.Key_Down)
+            qtbot.waitUntil(lambda f=frame: page.analysis.frame == f and page.analysis.prediction is not None,
+                            timeout=WAIT_MS)
+        prediction = page.analysis.prediction
+        assert prediction.frame == frame and prediction.laterality == "L"
+        assert prediction.probabilities == pytest.approx(expected.predict_file(path, frame=frame).probabilities)
+        shown = page.analysis.image
+        assert (shown.width(), shown.height()) == (64, 48)
+        seen.append(tuple(shown.pixelColor(5, 5).getRgb()[:3]))
+        assert seen[-1] == tuple(int(v) for v in frames[frame][5, 5])
+    assert not page.frame_stepper.next_button.isEnabled()
+    qtbot.keyClick(page.view, Qt.Key.Key_Down)  # past the last frame: stays
+    page.frame_stepper.previous_button.click()
+    qtbot.waitUntil(lambda: page.analysis.frame == 1, timeout=WAIT_MS)
+    assert page.frame_stepper.position.text() == "frame 2 of 3"
+    assert errors == []
+
+
+def test_dicom_panel_shows_eye_camera_and_field_of_view_without_identifying_fields(qtbot, page, tmp_path, errors):
+    path, _ = _stereo(tmp_path)
+    page.open_paths([path])
+    qtbot.waitUntil(lambda: page.analysis is not None and page.dicom_table.rowCount() > 0, timeout=WAIT_MS)
+    rows = {page.dicom_table.item(r, 0).text(): page.dicom_table.item(r, 1).text()
+            for r in range(page.dicom_table.rowCount())}
+    assert rows["Eye"] == "Left" and rows["Camera / device"] == "Topcon TRC-NW8"
+    assert rows["Field of view"] == "45 deg" and rows["Frames"] == "3"
+    assert rows["Transfer syntax"] == "RLE Lossless"
+    assert "Doe" not in repr(rows)
+
+
+def test_a_batch_row_of_a_frame_opens_that_frame(qtbot, page, model_path, tmp_path, errors):
+    path, _ = _stereo(tmp_path)
+    page.open_model(model_path)
+    qtbot.waitUntil(lambda: page.predictor is not None, timeout=WAIT_MS)
+    page.run_batch([path.parent])
+    qtbot.waitUntil(lambda: page.batch is not None, timeout=WAIT_MS)
+    names = [page.batch_table.item(r, 0).text() for r in range(page.batch_table.rowCount())]
+    assert names == ["stereo.dcm [frame 1]", "stereo.dcm [frame 2]", "stereo.dcm [frame 3]"]
+    page._batch_row_opened(2, 0)
+    qtbot.waitUntil(lambda: page.analysis is not None and page.analysis.frame == 2, timeout=WAIT_MS)
+    assert page.files == [path] and page.frame_stepper.position.text() == "frame 3 of 3"

@@ -1,6 +1,6 @@
-"""installer/entry.py: one executable routes to the GUI, the CLI, or a background job."""
+"""The launcher (the `dopamine` console script and installer/entry.py, the bundle's executable) routes to
+the GUI, the CLI, or a background job; core never names the app."""
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -8,21 +8,12 @@ from pathlib import Path
 
 import pytest
 
+import launcher as entry
 from core import __version__
 from gui.child_jobs import FROZEN_FLAG
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRY = ROOT / "installer" / "entry.py"
-
-
-def load_entry():
-    spec = importlib.util.spec_from_file_location("dopamine_entry", ENTRY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-entry = load_entry()
 
 
 @pytest.mark.parametrize(("argv", "expected"), [
@@ -87,3 +78,22 @@ def test_gui_reports_its_window_and_exits_by_itself(tmp_path):
     assert float(shown_at) > 0 and title.startswith("Dopamine")
     # Start-up stays fast because torch and friends load only after the window is up.
     assert f"{entry.HEAVY_MODULES_MARK} -" in done.stdout.splitlines()
+
+
+def test_the_bundle_entry_script_is_the_launcher():
+    done = subprocess.run([sys.executable, str(ENTRY), "--version"], capture_output=True, text=True, timeout=60,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0 and done.stdout.strip() == f"dopamine {__version__}"
+
+
+def test_dopamine_gui_is_listed_but_run_by_the_launcher(monkeypatch, capsys):
+    import gui.app
+    from core.cli import main as cli_main
+
+    calls = []
+    monkeypatch.setattr(gui.app, "main", lambda argv=None: calls.append(argv) or 0)
+    assert entry.main(["gui"]) == 0 and calls == [[]]
+    with pytest.raises(SystemExit):  # core alone does not know the app: argparse refuses the command
+        cli_main(["gui"])
+    assert cli_main(["gui"], extra_commands={"gui": "open the desktop app"}) == 1
+    assert "started by the dopamine program" in capsys.readouterr().err

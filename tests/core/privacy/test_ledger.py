@@ -125,8 +125,8 @@ def test_a_run_limit_tightens_the_cap_and_never_loosens_it(tmp_path):
 
 def test_change_cap_records_the_change_in_the_signed_audit_log(tmp_path):
     from core.audit import read_audit_log, verify_audit_log
+    from core.budget import change_cap
     from core.home import HospitalHome
-    from core.privacy.ledger import change_cap
     from core.signing import public_key_bytes
 
     home = HospitalHome(tmp_path / "home")

@@ -3,30 +3,26 @@
 Open or drop a model (.dpm), images, folders or DICOM files; zoom and pan; a saliency heatmap over the
 region the model sees; probability bars; the model card with its signature status (trusted signer, green;
 valid signature by an unknown signer, amber: the card's claims are unverified; does not verify, red); the DICOM header
-(non-identifying fields unless asked); batch runs with a results table and CSV/HTML export. Decoding,
-prediction, saliency and file writing all run on the JobRunner, never on the UI thread.
+(non-identifying fields unless asked: the eye, camera and field of view first); the frames of a
+multi-frame DICOM file one by one (Up/Down, or the frame buttons); batch runs with a results table and
+CSV/HTML export. Decoding, prediction, saliency and file writing all run on the JobRunner, never on the UI
+thread.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from pathlib import Path
 
-from PySide6.QtCore import QRectF, Qt, Signal
-from PySide6.QtGui import QImage, QKeyEvent, QPainter, QPixmap, QTransform, QWheelEvent
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QKeyEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QFileDialog,
-    QFormLayout,
-    QGraphicsPixmapItem,
-    QGraphicsScene,
-    QGraphicsView,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
     QLabel,
-    QProgressBar,
     QScrollArea,
     QSlider,
     QSplitter,
@@ -38,261 +34,33 @@ from PySide6.QtWidgets import (
 )
 
 from core.errors import SignatureError
-from core.jobs import NEVER_CANCELLED, CancelToken
 from gui import dialogs
 from gui.context import AppContext
 from gui.model_jobs import check_signer, home_of, open_for_viewer
+from gui.viewer.image_view import FRAME_KEYS, NAVIGATION_KEYS, FrameStepper, ImageView
+from gui.viewer.jobs import Analysis, add_saliency, analyse, run_batch_job
+from gui.viewer.panels import PlainForm, ProbabilityBars, escape, grouped, signer_word
 from gui.widgets.common import Banner, button, label
 from gui.widgets.job_progress import JobProgress
+from gui.widgets.page import Page
 
-NAVIGATION_KEYS = {Qt.Key.Key_Left: -1, Qt.Key.Key_PageUp: -1, Qt.Key.Key_Right: 1, Qt.Key.Key_PageDown: 1}
-MIN_SCALE, MAX_SCALE = 0.02, 40.0
 MODEL_SUFFIX = ".dpm"
 
 
-def _qimage(image) -> QImage:
-    """A PIL image as a QImage that owns its pixels (QImage, unlike QPixmap, may be built off the UI thread)."""
-    rgb = image.convert("RGB")
-    data = rgb.tobytes()
-    return QImage(data, rgb.width, rgb.height, 3 * rgb.width, QImage.Format.Format_RGB888).copy()
-
-
-@dataclass
-class Analysis:
-    """Everything shown for one image; built on a worker thread."""
-
-    path: Path
-    image: QImage
-    image_size: tuple[int, int]
-    prediction: object | None = None  # core.inference.Prediction
-    saliency_method: str | None = None
-    heatmap: QImage | None = None
-    crop_box: tuple[float, float, float, float] | None = None
-    dicom: list[tuple[str, str]] | None = None
-
-
-def analyse(path: Path, predictor=None, *, saliency: bool = False, identifying: bool = False,
-            cancel: CancelToken = NEVER_CANCELLED) -> Analysis:
-    """Decode, predict and (optionally) explain one image. A worker job; ``cancel`` lets the page drop
-    the work for an image the user has already moved past."""
-    from core.data import load_image
-    from core.inference import dicom_metadata, is_dicom_path
-
-    cancel.check()
-    image = load_image(Path(path))
-    result = Analysis(path=Path(path), image=_qimage(image), image_size=image.size)
-    if is_dicom_path(Path(path)):
-        result.dicom = dicom_metadata(Path(path), identifying=identifying)
-    if predictor is not None:
-        cancel.check()
-        result.prediction = predictor.predict_image(image, file=str(path))
-        if saliency:
-            cancel.check()
-            result = add_saliency(result, predictor, image)
-    return result
-
-
-def add_saliency(result: Analysis, predictor, image=None) -> Analysis:
-    """``result`` plus its heatmap (decoding the image again if needed). A worker job: it returns a new
-    Analysis rather than changing the one the UI shows."""
-    from core.data import load_image
-    from core.inference import heatmap_image
-
-    if image is None:
-        image = load_image(result.path)
-    target = result.prediction.predicted_index if result.prediction is not None else None
-    saliency = predictor.saliency(image, target_index=target)
-    return replace(result, saliency_method=saliency.method, heatmap=_qimage(heatmap_image(saliency.heatmap)),
-                   crop_box=predictor.crop_box(image.size))
-
-
-def run_batch_job(predictor, inputs: list[Path], *, progress, cancel, on_event=None):
-    """Predict every image under ``inputs`` (thumbnails and heatmaps kept for the HTML export)."""
-    from core.errors import DataError
-    from core.inference import batch_result, find_images, predict_files
-
-    files = find_images(inputs)
-    if not files:
-        raise DataError("No images found there; choose a folder holding PNG, JPEG or DICOM images.")
-    items = predict_files(predictor, files, thumbnails=True, report_heatmaps=True, on_item=on_event,
-                          progress=progress, cancel=cancel)
-    return batch_result(predictor, items)
-
-
-class ImageView(QGraphicsView):
-    """Zoom (wheel, buttons) and pan (drag) over the image, with a heatmap layer over the model's crop."""
-
-    navigate = Signal(int)
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setObjectName("viewerImage")
-        self.setScene(QGraphicsScene(self))
-        self.image_item = QGraphicsPixmapItem()
-        self.image_item.setTransformationMode(Qt.TransformationMode.SmoothTransformation)
-        self.heat_item = QGraphicsPixmapItem()
-        self.heat_item.setTransformationMode(Qt.TransformationMode.SmoothTransformation)
-        self.heat_item.setZValue(1)
-        self.heat_item.setVisible(False)
-        self.scene().addItem(self.image_item)
-        self.scene().addItem(self.heat_item)
-        self.setDragMode(QGraphicsView.DragMode.ScrollHandDrag)
-        self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorUnderMouse)
-        self.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
-        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
-        self.setMinimumSize(320, 280)
-        # Drops go to the page, which knows what to do with models, images and folders.
-        self.setAcceptDrops(False)
-        self.viewport().setAcceptDrops(False)
-        self._heat_wanted = False
-
-    @property
-    def zoom_factor(self) -> float:
-        return self.transform().m11()
-
-    def has_image(self) -> bool:
-        return not self.image_item.pixmap().isNull()
-
-    def set_image(self, image: QImage | None) -> None:
-        self.image_item.setPixmap(QPixmap.fromImage(image) if image is not None else QPixmap())
-        self.heat_item.setPixmap(QPixmap())
-        self.heat_item.setVisible(False)
-        self.scene().setSceneRect(self.image_item.boundingRect())
-        self.fit()
-
-    def set_heatmap(self, heatmap: QImage | None, box: tuple[float, float, float, float] | None) -> None:
-        if heatmap is None or box is None:
-            self.heat_item.setPixmap(QPixmap())
-            self.heat_item.setVisible(False)
-            return
-        left, top, width, height = box
-        self.heat_item.setPixmap(QPixmap.fromImage(heatmap))
-        self.heat_item.setTransform(QTransform.fromScale(width / heatmap.width(), height / heatmap.height()))
-        self.heat_item.setPos(left, top)
-        self.heat_item.setVisible(self._heat_wanted)
-
-    def set_heatmap_visible(self, visible: bool) -> None:
-        self._heat_wanted = visible
-        self.heat_item.setVisible(visible and not self.heat_item.pixmap().isNull())
-
-    def set_heatmap_opacity(self, opacity: float) -> None:
-        self.heat_item.setOpacity(max(0.0, min(1.0, opacity)))
-
-    def zoom(self, factor: float) -> None:
-        target = max(MIN_SCALE, min(MAX_SCALE, self.zoom_factor * factor))
-        step = target / self.zoom_factor
-        self.scale(step, step)
-
-    def zoom_in(self) -> None:
-        self.zoom(1.25)
-
-    def zoom_out(self) -> None:
-        self.zoom(0.8)
-
-    def actual_size(self) -> None:
-        self.setTransform(QTransform())
-
-    def fit(self) -> None:
-        if self.has_image():
-            self.fitInView(QRectF(self.image_item.boundingRect()), Qt.AspectRatioMode.KeepAspectRatio)
-
-    def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802 (Qt override)
-        steps = event.angleDelta().y() / 120.0
-        if steps:
-            self.zoom(1.25 ** steps)
-        event.accept()
-
-    def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 (Qt override)
-        step = NAVIGATION_KEYS.get(Qt.Key(event.key()))
-        if step is not None and event.modifiers() == Qt.KeyboardModifier.NoModifier:
-            self.navigate.emit(step)
-            event.accept()
-            return
-        if event.key() in (Qt.Key.Key_Plus, Qt.Key.Key_Equal):
-            self.zoom_in()
-        elif event.key() == Qt.Key.Key_Minus:
-            self.zoom_out()
-        elif event.key() == Qt.Key.Key_0:
-            self.fit()
-        else:
-            super().keyPressEvent(event)
-
-
-class ProbabilityBars(QWidget):
-    """One labelled bar per class, rebuilt when the model changes."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self._layout = QVBoxLayout(self)
-        self._layout.setContentsMargins(0, 0, 0, 0)
-        self.bars: dict[str, QProgressBar] = {}
-
-    def set_classes(self, classes: list[str]) -> None:
-        for bar in self.bars.values():
-            bar.deleteLater()
-        self.bars = {}
-        for name in classes:
-            bar = QProgressBar()
-            bar.setRange(0, 1000)
-            bar.setTextVisible(True)
-            bar.setObjectName("probabilityBar")
-            self.bars[name] = bar
-            self._layout.addWidget(bar)
-        self.clear()
-
-    def clear(self) -> None:
-        for name, bar in self.bars.items():
-            bar.setValue(0)
-            bar.setFormat(f"{name}: –")
-
-    def set_probabilities(self, probabilities: dict[str, float]) -> None:
-        for name, bar in self.bars.items():
-            p = float(probabilities.get(name, 0.0))
-            bar.setValue(round(p * 1000))
-            bar.setFormat(f"{name}: {100 * p:.1f}%")
-
-    def value(self, name: str) -> float:
-        return self.bars[name].value() / 1000.0
-
-
-class PlainForm(QWidget):
-    """Label/value rows shown as plain text: values come from files and are never read as HTML."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self._form = QFormLayout(self)
-        self._form.setLabelAlignment(Qt.AlignmentFlag.AlignLeft)
-        self.rows: dict[str, str] = {}
-
-    def set_rows(self, rows: list[tuple[str, str]]) -> None:
-        while self._form.rowCount():
-            self._form.removeRow(0)
-        self.rows = {}
-        for key, value in rows:
-            name = QLabel(key)
-            name.setTextFormat(Qt.TextFormat.PlainText)
-            name.setProperty("role", "muted")
-            shown = QLabel(str(value))
-            shown.setTextFormat(Qt.TextFormat.PlainText)
-            shown.setWordWrap(True)
-            shown.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-            self._form.addRow(name, shown)
-            self.rows[key] = str(value)
-
-
-class ViewerPage(QWidget):
+class ViewerPage(Page):
     key = "viewer"
     title = "Viewer"
     subtitle = "Diagnose images offline with a trained model. Images stay on this computer."
+    scrolls = False
 
     BATCH_COLUMNS = ("File", "Prediction", "Probability", "Referable DR", "Model signer", "Problem")
 
     def __init__(self, context: AppContext, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.context = context
+        super().__init__(context, parent)
         self.predictor = None  # core.inference.Predictor
         self.files: list[Path] = []
         self.index = -1
+        self.frame = 0  # the frame of the current file to show (multi-frame DICOM)
         self.analysis: Analysis | None = None
         self.batch = None  # core.inference.BatchResult
         self._serial = 0
@@ -309,11 +77,7 @@ class ViewerPage(QWidget):
 
     # ---- layout -------------------------------------------------------------------------------------------
     def _build(self) -> None:
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(28, 22, 28, 16)
-        outer.setSpacing(10)
-        outer.addWidget(label(self.title, "title"))
-        outer.addWidget(label(self.subtitle, "subtitle"))
+        outer = self.body
 
         toolbar = QHBoxLayout()
         self.open_model_button = button("Open model…", primary=True)
@@ -354,7 +118,11 @@ class ViewerPage(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         self.view = ImageView()
         self.view.navigate.connect(self.step)
+        self.view.navigate_frame.connect(self.step_frame)
         layout.addWidget(self.view, 1)
+        self.frame_stepper = FrameStepper()
+        self.frame_stepper.step.connect(self.step_frame)
+        layout.addWidget(self.frame_stepper)
 
         controls = QHBoxLayout()
         self.previous_button = button("◀ Previous")
@@ -521,23 +289,23 @@ class ViewerPage(QWidget):
         signer = predictor.signer
         if signer.level == "trusted":
             self.model_banner.show_message(
-                f"Model <b>{_escape(name)}</b>: signed by a trusted signer ({_escape(signer.signer_described)}). "
-                f"{_escape(', '.join(predictor.classes))}.", "ok")
+                f"Model <b>{escape(name)}</b>: signed by a trusted signer ({escape(signer.signer_described)}). "
+                f"{escape(', '.join(predictor.classes))}.", "ok")
             self.verification_label.setText(f"Signed by a trusted signer ({signer.signer_described}).")
         elif signer.level == "unknown signer":
             self.model_banner.show_message(
-                f"<b>Unknown signer:</b> {_escape(name)} has a valid signature, but by a key this hospital does not "
+                f"<b>Unknown signer:</b> {escape(name)} has a valid signature, but by a key this hospital does not "
                 "trust, so its card's claims (privacy ε, training, accuracy) are unverified. To trust it, compare "
                 "the signer fingerprint on the Model card tab with its sender, then add it under Settings → "
                 "Trusted signers.", "warning")
             self.verification_label.setText("Valid signature, unknown signer: the card's claims are unverified.")
         else:
             self.model_banner.show_message(
-                f"<b>UNVERIFIED MODEL</b> {_escape(name)}: its signature does not verify. Every result is marked "
+                f"<b>UNVERIFIED MODEL</b> {escape(name)}: its signature does not verify. Every result is marked "
                 "unverified; do not use them for patient care.", "error")
             self.verification_label.setText("UNVERIFIED MODEL: results are not trustworthy.")
         # Long hex digests get spaces (every 8 characters) so the panel can wrap them.
-        rows = [(key, _grouped(value) if key == "Model file SHA-256" else value)
+        rows = [(key, grouped(value) if key == "Model file SHA-256" else value)
                 for key, value in card_fields(predictor.package, signer)]
         self.card_form.set_rows(rows)
 
@@ -580,12 +348,23 @@ class ViewerPage(QWidget):
         self.files = list(files)
         self.show_index(0)
 
-    def show_index(self, index: int) -> None:
+    def show_index(self, index: int, frame: int = 0) -> None:
         if not self.files:
             return
         self.index = max(0, min(len(self.files) - 1, index))
+        self.frame = max(0, frame)
         self._update_navigation()
         self._analyse_current()
+
+    def step_frame(self, delta: int) -> None:
+        """The previous or next frame of a multi-frame file (nothing for a single image)."""
+        current = self.analysis
+        if current is None or current.path != self.current_path:
+            return
+        target = current.frame + delta
+        if 0 <= target < current.frames:
+            self.frame = target
+            self._analyse_current()
 
     def step(self, delta: int) -> None:
         if self.files:
@@ -616,7 +395,7 @@ class ViewerPage(QWidget):
             self._analysis_handle.cancel()
         self._analysis_handle = self.context.runner.start(
             analyse, path, self.predictor, saliency=self.heatmap_check.isChecked(),
-            identifying=self.identifying_check.isChecked(), name="Analyse image",
+            identifying=self.identifying_check.isChecked(), frame=self.frame, name="Analyse image",
             on_done=lambda result: self._analysed(serial, result),
             on_error=lambda exc: self._analysis_failed(serial, path, exc),
         )
@@ -625,11 +404,14 @@ class ViewerPage(QWidget):
         if serial != self._serial:
             return  # the user has moved on to another image
         self.notice.setVisible(False)
-        new_image = self.analysis is None or self.analysis.path != result.path
+        previous = self.analysis
+        new_image = previous is None or previous.path != result.path or previous.frame != result.frame
         self.analysis = result
         if new_image:
             self.view.set_image(result.image)
             self.view.setFocus()
+        self.frame = result.frame
+        self.frame_stepper.show_frame(result.frame, result.frames)
         self.view.set_heatmap(result.heatmap, result.crop_box)
         self.heatmap_method.setText(f"Heatmap: {result.saliency_method}" if result.saliency_method else "")
         self._show_prediction(result.prediction)
@@ -651,7 +433,7 @@ class ViewerPage(QWidget):
             dialogs.show_error(self, exc)
 
     def _show_notice(self, text: str) -> None:
-        self.notice.show_message(_escape(text), "warning")
+        self.notice.show_message(escape(text), "warning")
         self.notice.setVisible(True)
 
     def _show_prediction(self, prediction) -> None:
@@ -709,7 +491,7 @@ class ViewerPage(QWidget):
             self._show_notice("A batch is already running; cancel it or wait for it to finish.")
             return
         self.batch = None
-        self._batch_signer = _signer_word(self.predictor.signer)
+        self._batch_signer = signer_word(self.predictor.signer)
         self.batch_table.setRowCount(0)
         self._set_exports_enabled(False)
         self.batch_button.setEnabled(False)
@@ -725,7 +507,8 @@ class ViewerPage(QWidget):
         row = self.batch_table.rowCount()
         self.batch_table.insertRow(row)
         p = item.prediction
-        cells = [Path(item.file).name, "", "", "", self._batch_signer, item.error or ""]
+        name = Path(item.file).name + ("" if item.frame is None else f" [frame {item.frame + 1}]")
+        cells = [name, "", "", "", self._batch_signer, item.error or ""]
         if p is not None:
             cells[1] = p.predicted_class
             cells[2] = f"{100 * p.probabilities[p.predicted_class]:.1f}%"
@@ -736,6 +519,7 @@ class ViewerPage(QWidget):
             if column == 0:
                 cell.setToolTip(item.file)
                 cell.setData(Qt.ItemDataRole.UserRole, item.file)
+                cell.setData(Qt.ItemDataRole.UserRole + 1, item.frame or 0)
             self.batch_table.setItem(row, column, cell)
 
     def _batch_done(self, result) -> None:
@@ -763,10 +547,12 @@ class ViewerPage(QWidget):
         cell = self.batch_table.item(row, 0)
         if cell is None:
             return
-        files = [Path(self.batch_table.item(r, 0).data(Qt.ItemDataRole.UserRole))
-                 for r in range(self.batch_table.rowCount())]
+        # One entry per file (a multi-frame file has a row per frame): open the row's file at its frame.
+        files = list(dict.fromkeys(Path(self.batch_table.item(r, 0).data(Qt.ItemDataRole.UserRole))
+                                   for r in range(self.batch_table.rowCount())))
         self.files = files
-        self.show_index(row)
+        self.show_index(files.index(Path(cell.data(Qt.ItemDataRole.UserRole))),
+                        frame=int(cell.data(Qt.ItemDataRole.UserRole + 1) or 0))
 
     def _set_exports_enabled(self, enabled: bool) -> None:
         self.export_csv_button.setEnabled(enabled)
@@ -843,22 +629,14 @@ class ViewerPage(QWidget):
 
     def keyPressEvent(self, event: QKeyEvent) -> None:  # noqa: N802 (Qt override)
         step = NAVIGATION_KEYS.get(Qt.Key(event.key()))
+        frame_step = FRAME_KEYS.get(Qt.Key(event.key()))
         if step is not None:
             self.step(step)
+            event.accept()
+        elif frame_step is not None:
+            self.step_frame(frame_step)
             event.accept()
         else:
             super().keyPressEvent(event)
 
 
-def _signer_word(signer) -> str:
-    return {"trusted": "trusted", "unknown signer": "UNKNOWN"}.get(signer.level, "NOT VERIFIED")
-
-
-def _grouped(text: str, size: int = 8) -> str:
-    return " ".join(text[i:i + size] for i in range(0, len(text), size))
-
-
-def _escape(text: str) -> str:
-    from html import escape
-
-    return escape(text, quote=False)
