@@ -10,8 +10,19 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal
 
 from core.home import HospitalHome
+from gui.file_dialogs import FolderMemory
 from gui.settings import AppSettings, save_settings
 from gui.workers import JobRunner
+
+
+@dataclass(frozen=True)
+class ExpectedImages:
+    """What the model to be trained expects of the images: its input size, and its classes when known (a
+    federation's plan). The Data page checks against it; the Federation and Train pages set it."""
+
+    size: int
+    classes: list[str] | None
+    source: str  # in words: "the plan of Retina network", "the Train locally page"
 
 
 @dataclass
@@ -37,6 +48,7 @@ class AppContext(QObject):
     ledger_changed = Signal()
     models_changed = Signal()
     federation_changed = Signal(object)  # FederationStatus
+    expected_images_changed = Signal(object)  # ExpectedImages
 
     def __init__(self, settings: AppSettings, *, runner: JobRunner | None = None,
                  settings_warning: str | None = None, parent: QObject | None = None) -> None:
@@ -46,6 +58,9 @@ class AppContext(QObject):
         self.runner = runner or JobRunner(self)
         self.dataset_report: Any = None
         self.federation = FederationStatus()
+        self.folders = FolderMemory(settings)
+        # A federation's plan wins over the Train page's image size: it is what joining checks.
+        self._expected: dict[str, ExpectedImages] = {}
         self._viewer_opener: Callable[[Path], None] | None = None
         self._navigator: Callable[[str], None] | None = None
 
@@ -95,6 +110,23 @@ class AppContext(QObject):
     def set_dataset_report(self, report: Any) -> None:
         self.dataset_report = report
         self.dataset_changed.emit(report)
+
+    @property
+    def expected_images(self) -> ExpectedImages:
+        for source in ("federation", "train"):
+            if source in self._expected:
+                return self._expected[source]
+        return ExpectedImages(size=224, classes=None, source="the default model input")
+
+    def set_expected_images(self, source: str, expected: ExpectedImages | None) -> None:
+        """``source``: "federation" (an invitation under review) or "train" (the Train page's settings)."""
+        before = self.expected_images
+        if expected is None:
+            self._expected.pop(source, None)
+        else:
+            self._expected[source] = expected
+        if self.expected_images != before:
+            self.expected_images_changed.emit(self.expected_images)
 
     def set_federation(self, status: FederationStatus) -> None:
         self.federation = status

@@ -1,4 +1,4 @@
-"""The one place errors become dialogs (DESIGN §6), plus a yes/no question.
+"""The one place errors become dialogs (DESIGN §6), plus a yes/no question and the confirmation of an export.
 
 Dopamine's own errors already say what happened and what to do in one line, so they are shown as
 they are. Anything else is a bug: the dialog says the hospital's data was not changed, where the
@@ -92,3 +92,15 @@ def confirm(parent: QWidget | None, title: str, text: str, *, yes: str = "Contin
     box.addButton(QMessageBox.StandardButton.Cancel)
     box.exec()
     return box.clickedButton() is yes_button
+
+
+def saved(parent: QWidget | None, path: object, what: str) -> QMessageBox:
+    """Confirm that an export was written, and where (window-modal, non-blocking)."""
+    box = QMessageBox(parent)
+    box.setObjectName("savedDialog")
+    box.setWindowTitle("Saved")
+    box.setIcon(QMessageBox.Icon.Information)
+    box.setText(f"{what[:1].upper()}{what[1:]} saved to {path}.")
+    box.setStandardButtons(QMessageBox.StandardButton.Ok)
+    box.open()
+    return box

@@ -27,15 +27,20 @@ class InvitationReview:
     accountant: str
     epsilon_cost: float | None  # the whole plan, for this hospital; None when it needs the image count
     verdict: PlanVerdict | None  # the ledger before/after, against the cap
-    problem: str = ""  # why joining is not possible yet, in words
+    problem: str = ""  # why joining is not possible yet, in words (the first of them)
+    needs_cap: bool = False  # the plan is private and the ledger has no cap: set one first (the page offers it)
+    classes: list[str] | None = None  # the classes of this hospital's checked images, when known
 
     @property
     def private(self) -> bool:
         return self.invitation.plan.is_private
 
 
-def review_invitation(path: Path, *, num_images: int | None, home: Any) -> InvitationReview:
-    """``home``: the hospital home (core.home.HospitalHome)."""
+def review_invitation(path: Path, *, num_images: int | None, home: Any,
+                      classes: list[str] | None = None) -> InvitationReview:
+    """``home``: the hospital home (core.home.HospitalHome); ``classes``: those of the images checked on the
+    Data page (joining refuses images of other classes than the plan's)."""
+    from core.data.validation import class_mismatch
     from core.federation.client import membership_folder
     from core.federation.invitation import read_invitation
 
@@ -47,15 +52,21 @@ def review_invitation(path: Path, *, num_images: int | None, home: Any) -> Invit
     workdir = membership_folder(home, invitation)
     resumable = (workdir / "state.json").exists()
     review = InvitationReview(Path(path), invitation, workdir, resumable, ledger, num_images, accountant,
-                              None, None)
+                              None, None, classes=list(classes) if classes is not None else None)
+    problems = []
     if num_images is None:
-        review.problem = "Check this hospital's images on the Data page first: the federation trains on them."
+        problems.append("Check this hospital's images on the Data page first: the federation trains on them.")
+    elif classes is not None and class_mismatch(classes, list(plan.classes)):
+        problems.append(class_mismatch(classes, list(plan.classes), f"the plan of {invitation.federation_name}")
+                        + " Joining is refused until the Data page shows such a folder.")
+    if plan.is_private and ledger.max_epsilon is None:
+        review.needs_cap = True
+        problems.append("This federation uses differential privacy: set this hospital's privacy cap first "
+                        "(below).")
+    review.problem = problems[0] if problems else ""
     if not plan.is_private:
         review.epsilon_cost = 0.0
         return review
-    if ledger.max_epsilon is None:
-        review.problem = ("This federation uses differential privacy: set this hospital's privacy cap on the "
-                          "Privacy page first.")
     if plan.mode == "fpdp" and num_images is None:
         return review
     count = num_images or 1  # FSCDP's cost does not depend on the image count

@@ -9,6 +9,7 @@ the page what changed through signals; the page only renders and asks the user. 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from core.federation import events as ev
-from gui.context import AppContext, FederationStatus
+from gui.context import AppContext, ExpectedImages, FederationStatus
 from gui.federation_jobs import (
     CoordinatorView,
     InvitationReview,
@@ -50,6 +51,18 @@ STATE_WORDS = {Membership.INVITED: "Not joined yet", Membership.PAUSED: "Paused"
                Membership.LEFT: "Left", Membership.FINISHED: "Finished", Membership.ERROR: "Stopped"}
 
 
+@dataclass
+class Completion:
+    """What the page shows the moment the coordinator publishes the last round's model."""
+
+    rounds: int
+    metrics: dict = field(default_factory=dict)  # the coordinator's evaluation of the final model
+    epsilon: float | None = None  # spent by this hospital in total
+    cap: float | None = None
+    model_path: Path | None = None  # None while the final model is being fetched
+    participated: int | None = None  # rounds this hospital's update is in
+
+
 class FederationSession(QObject):
     review_changed = Signal(object)  # InvitationReview
     state_changed = Signal(str)  # Membership
@@ -66,6 +79,7 @@ class FederationSession(QObject):
     busy_changed = Signal()  # running or not: the page updates its buttons
     failed = Signal(object)  # an exception to show in a dialog
     models_changed = Signal()
+    completed = Signal(object)  # Completion: shown at once, updated as the model and the figures arrive
 
     def __init__(self, context: AppContext, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -81,6 +95,7 @@ class FederationSession(QObject):
         self._offline = False
         self._leaving = False
         self._round_losses: dict[int, list[float]] = {}
+        self.completion: Completion | None = None
         self._poll = QTimer(self)
         self._poll.setInterval(5000)
         self._poll.timeout.connect(self.refresh_view)
@@ -100,12 +115,22 @@ class FederationSession(QObject):
     def open_invitation(self, path: Path, num_images: int | None) -> bool:
         if self.running:
             return False
+        report = self.context.dataset_report
+        classes = list(report.classes) if report is not None else None
         self.context.runner.start(review_invitation, Path(path), num_images=num_images, home=self.context.home,
-                                  name="review invitation", on_done=self._reviewed, on_error=self.failed.emit)
+                                  classes=classes, name="review invitation", on_done=self._reviewed,
+                                  on_error=self.failed.emit)
         return True
 
     def _reviewed(self, review: InvitationReview) -> None:
+        if self.review is None or self.review.path != review.path:
+            self.completion = None
         self.review = review
+        plan = review.invitation.plan
+        # The Data page checks the images for this plan: its input size and classes.
+        self.context.set_expected_images("federation", ExpectedImages(
+            size=int(plan.image_size), classes=list(plan.classes),
+            source=f"the plan of {review.invitation.federation_name}"))
         if self.context.settings.invitation != review.path:
             self.context.settings.invitation = review.path
             self.context.save_settings()
@@ -163,6 +188,7 @@ class FederationSession(QObject):
                                                   "for this hospital when it no longer answers."))
         self.context.settings.invitation = None
         self.context.save_settings()
+        self.context.set_expected_images("federation", None)
         self.said.emit("This hospital left the federation.")
         self._set_state(Membership.LEFT)
         self.busy_changed.emit()
@@ -205,6 +231,9 @@ class FederationSession(QObject):
                        + (" The final model is on the Models page." if result.model_path else ""))
         state = {"completed": Membership.FINISHED, "declined": Membership.LEFT, "left": Membership.LEFT}
         self._set_state(state.get(result.reason, Membership.ERROR), epsilon=result.epsilon)
+        if result.reason == "completed":
+            self._complete(epsilon=result.epsilon, participated=len(result.rounds_participated),
+                           model_path=Path(result.model_path) if result.model_path else None)
         self.context.models_changed.emit()
         self.context.ledger_changed.emit()
         self.refresh_view()
@@ -265,6 +294,8 @@ class FederationSession(QObject):
         self.said.emit(f"New shared model after round {event.round}"
                        + (" (this hospital's update is in it)." if event.included else "."))
         self.context.models_changed.emit()
+        if self.review is not None and event.round >= self.review.invitation.plan.rounds:
+            self._complete(metrics=dict(evaluation))  # the last round: finished, whatever the client does next
 
     def _on_declined(self, event: ev.Declined) -> None:
         self.said.emit(f"Stopped taking part: {event.reason}.")
@@ -273,6 +304,36 @@ class FederationSession(QObject):
         self.headline.emit("Finished" if event.reason == "completed" else event.reason.capitalize())
         self.detail.emit(f"Took part in {len(event.rounds_participated)} round(s); "
                          f"ε = {event.epsilon:.3g} spent by this hospital in total.")
+        if event.reason == "completed":
+            self._complete(epsilon=event.epsilon, participated=len(event.rounds_participated),
+                           model_path=Path(event.model_path) if event.model_path else None)
+
+    def _complete(self, *, metrics: dict | None = None, epsilon: float | None = None,
+                  participated: int | None = None, model_path: Path | None = None) -> None:
+        """The federation is over: say so at once, and fill in what is known (called again as more arrives)."""
+        review = self.review
+        if review is None:
+            return
+        status = self.context.federation
+        done = self.completion or Completion(rounds=review.invitation.plan.rounds)
+        if metrics:
+            done.metrics = metrics
+        done.epsilon = epsilon if epsilon is not None else (done.epsilon if done.epsilon is not None
+                                                             else status.epsilon_spent)
+        done.cap = status.epsilon_cap if status.epsilon_cap is not None else review.ledger.max_epsilon
+        done.participated = participated if participated is not None else done.participated
+        if model_path is None and done.model_path is None:
+            final = review.workdir / "models" / "final.dpm"
+            model_path = final if final.exists() else None
+        done.model_path = model_path or done.model_path
+        first = self.completion is None
+        self.completion = done
+        if self.state != Membership.FINISHED:
+            self._set_state(Membership.FINISHED, epsilon=done.epsilon)
+        if first:
+            self.said.emit(f"The federation finished: the coordinator published the model of round {done.rounds}.")
+            self.refresh_view()
+        self.completed.emit(done)
 
     def _on_error(self, event: ev.ErrorEvent) -> None:
         if event.fatal:
@@ -299,6 +360,8 @@ class FederationSession(QObject):
     def _viewed(self, view: CoordinatorView) -> None:
         self.view = view
         self.view_changed.emit(view)
+        if view.status == "finished" and self.state in (Membership.RUNNING, Membership.JOINING, Membership.FINISHED):
+            self._complete(metrics=dict(view.last_metrics) if view.last_metrics else None)
         if view.status == "running" and self.state == Membership.RUNNING:
             self.headline.emit(f"Round {view.round} of {view.rounds}")
             participants = ", ".join(view.last_included) if view.last_included else "—"

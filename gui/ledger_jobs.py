@@ -42,14 +42,15 @@ def read_ledger(path: Path) -> LedgerSnapshot:
                               accountant=ledger.accountant, spent=ledger.spent(), entries=ledger.entries())
 
 
-def set_cap(home: Path, max_epsilon: float | None, delta: float | None) -> LedgerSnapshot:
+def set_cap(home: Path, max_epsilon: float | None, delta: float | None,
+            source: str = "the app's Privacy page") -> LedgerSnapshot:
     """Change the cap of the ledger in hospital home ``home`` through core's one cap-change function, which
-    records it in the home's signed audit log (as `dopamine ledger set-cap` does)."""
+    records it in the home's signed audit log (as `dopamine ledger set-cap` does); ``source`` says where."""
     from core.budget import change_cap
     from core.home import HospitalHome
 
     hospital = HospitalHome.at(home)
-    change = change_cap(hospital, max_epsilon, delta=delta, source="the app's Privacy page")
+    change = change_cap(hospital, max_epsilon, delta=delta, source=source)
     snapshot = read_ledger(hospital.ledger)
     snapshot.notice = change.message()
     snapshot.below_spent = change.below_spent

@@ -72,6 +72,7 @@ class ModelEntry:
     signer_fingerprint: str = ""
     error: str = ""  # why the file could not be read
     signer_trusted: bool = False  # the signer is one this hospital trusts: only then do the card's claims count
+    assessment: Any = None  # core.inference.assessment.ModelAssessment: validated, not validated or baseline
 
     @property
     def level(self) -> str:
@@ -98,6 +99,7 @@ def scan_models(folders: list[tuple[Path, str]], *, trusted: Mapping[bytes, Trus
     """Every .dpm under each (folder, source); signatures checked against ``trusted`` signers
     (TrustStore.trusted_keys()), unreadable files kept with a reason."""
     from core.errors import DopamineError
+    from core.inference.assessment import assess
     from core.models.package import read_package
     from core.models.trust import signer_status
 
@@ -124,7 +126,8 @@ def scan_models(folders: list[tuple[Path, str]], *, trusted: Mapping[bytes, Trus
         status = signer_status(package, trusted)
         signer = f"signed by {status.signer_described}" if status.signer_trusted else "signed by an unknown key"
         entries.append(ModelEntry(path, source, package.card, status.signature_valid, signer,
-                                  status.signer_fingerprint, signer_trusted=status.signer_trusted))
+                                  status.signer_fingerprint, signer_trusted=status.signer_trusted,
+                                  assessment=assess(package.card)))
     entries.sort(key=lambda e: e.card.created if e.card is not None else "", reverse=True)
     return entries
 

@@ -40,6 +40,8 @@ class AppSettings:
     window_geometry: str = ""
     window_state: str = ""
     last_page: str = "home"
+    # The last folder of each kind of file dialog ("images", "model", "export", ...): gui.file_dialogs.
+    last_folders: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.theme not in THEMES:

@@ -7,6 +7,8 @@ keyword arguments, so core ``run(config, *, progress,
 cancel)`` jobs and plain callables both fit. Results come back through queued signals on the UI
 thread. Progress is throttled (the newest value wins) because a training loop can report far faster
 than a window can repaint; events are never dropped. ``core.errors.Cancelled`` is a normal end.
+A job starts when control returns to the event loop, so every signal connected right after ``start``
+(a progress bar's, a page's ``finished``) sees the job's end, however fast it fails.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, Signal
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal
 
 from core.errors import Cancelled
 from core.jobs import CancelToken
@@ -41,6 +43,7 @@ class JobHandle(QObject):
         self.name = name
         # Precious jobs (training, a federation) are worth a question before the app quits.
         self.precious = precious
+        self.started = time.monotonic()
         self.token = CancelToken()
         self.running = True
         self.result: Any = None
@@ -171,7 +174,10 @@ class JobRunner(QObject):
         handle.finished.connect(lambda: self._release(handle))
         self._handles.add(handle)
         self.job_started.emit(handle)
-        self._pool.start(_Job(handle, fn, args, kwargs, event_kwarg=event_kwarg if on_event is not None else None))
+        job = _Job(handle, fn, args, kwargs, event_kwarg=event_kwarg if on_event is not None else None)
+        # Started once the caller has returned to the event loop: a job that fails at once would otherwise
+        # emit finished before the caller connected its progress bar, which then never hid.
+        QTimer.singleShot(0, self, lambda: self._pool.start(job))
         return handle
 
     def _release(self, handle: JobHandle) -> None:

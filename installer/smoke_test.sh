@@ -2,8 +2,8 @@
 # Smoke test of a built bundle: the CLI (version, privacy, demo data, DP training, prediction), DICOM
 # decoding (one file of every transfer syntax: JPEG, JPEG Lossless, JPEG-LS, JPEG 2000, RLE, deflated,
 # ..., plus multi-frame), the desktop app's background training job, a 2-hospital federation on this computer (coordinator and
-# hospitals as child processes of the bundle, HTTPS, secure aggregation), and the GUI (offscreen: the
-# main window is shown and the app exits cleanly by itself).
+# hospitals as child processes of the bundle, HTTPS, secure aggregation), and the GUI (offscreen, then in a
+# real X server, Xvfb, with a screenshot: the main window is shown and the app exits cleanly by itself).
 #
 #   installer/smoke_test.sh [EXECUTABLE]     (default: dist/Dopamine/dopamine)
 #
@@ -11,6 +11,7 @@
 # All user files go to a temporary DOPAMINE_HOME, removed at the end.
 set -uo pipefail
 
+HERE=$(cd "$(dirname "$0")" && pwd)
 EXE=${1:-dist/Dopamine/dopamine}
 if [[ ! -x "$EXE" ]]; then
     echo "smoke test: $EXE is not an executable; build it first (make bundle)" >&2
@@ -102,5 +103,9 @@ step simulate 'status: finished' \
 # The GUI: shown offscreen, then quit 3 s later (after the engine preload has started).
 DOPAMINE_STARTUP_PROBE=1 DOPAMINE_SMOKE_EXIT_MS=${SMOKE_GUI_MS:-3000} \
     step gui '^DOPAMINE_WINDOW_SHOWN [0-9.]+ Dopamine' "$EXE"
+# The GUI in a real X server (Xvfb): Qt's xcb plug-in with the libraries the bundle carries and those of the
+# system, as on a hospital's desktop; the screenshot is kept beside the bundle (dist/real-x-screenshot.png).
+SHOT="$(dirname "$(dirname "$EXE")")/real-x-screenshot.png"
+step gui-real-x '^DOPAMINE_REAL_X ok' "${SMOKE_PYTHON:-python3}" "$HERE/real_x.py" --out "$SHOT" -- "$EXE"
 
 echo "smoke test passed: $passed steps"

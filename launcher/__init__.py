@@ -10,6 +10,9 @@ engine (core) never names the app: only this package knows both.
                                    ``sys.executable`` is this program and not a Python interpreter
     dopamine --dopamine-child-job  a background job of the desktop app (gui.child_jobs)
 
+Before the app's window, launcher.platform_check makes sure the desktop can show it: on Linux, a library
+that Qt's X11 plug-in needs and cannot find is named with the line that installs it (Debian/Ubuntu, Fedora).
+
 Two environment variables serve the smoke test and the start-up measurement (see installer/README.md):
 DOPAMINE_STARTUP_PROBE=1 prints ``DOPAMINE_WINDOW_SHOWN <unix time> <window title>`` on stdout when the
 main window is first painted, and ``DOPAMINE_HEAVY_MODULES <names or ->``: which of torch, opacus and
@@ -93,6 +96,14 @@ def _watch_main_window(app, *, probe: bool, exit_ms: int | None) -> None:
 
 
 def run_gui(args: list[str], environ: dict[str, str]) -> int:
+    from launcher.platform_check import problem
+
+    # Before Qt loads its platform plug-in: a missing library is one clear line with the install command,
+    # not Qt's abort naming one library and suggesting a reinstall.
+    message = problem(environ)
+    if message is not None:
+        print(message, file=sys.stderr)
+        return 1
     import gui.app
 
     probe = environ.get(STARTUP_PROBE_ENV, "") not in ("", "0")

@@ -36,12 +36,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "per class, unreadable/truncated/non-image files, duplicates, too-small images, "
                     "labels without images or images without labels, and the collection's make-up: "
                     "cameras, resolutions, left and right eyes, formats and DICOM compression. Each frame "
-                    "of a multi-frame DICOM file is one image.",
+                    "of a multi-frame DICOM file is one image. Warns when the folder looks like the wrong "
+                    "choice: named like a test set, class folders holding class folders (the parent of the "
+                    "right folder), class folders that are not grades or not the classes of --for.",
     )
     inspect.add_argument("data", type=Path, metavar="DATA", help="folder of class folders, labels CSV, or folder")
     inspect.add_argument("--labels-csv", type=Path, metavar="CSV", help="labels CSV (id_code,diagnosis) for DATA")
-    inspect.add_argument("--min-size", type=int, default=224, metavar="PX",
-                         help="report images smaller than this (the model input, default 224)")
+    inspect.add_argument("--min-size", type=int, default=None, metavar="PX",
+                         help="report images smaller than this (the model input; default: that of --for, or 224)")
+    inspect.add_argument("--for", dest="target", type=Path, metavar="INVITATION|PLAN.toml|MODEL.dpm",
+                         help="check the images against what this federation or model expects: its classes "
+                              "(other classes are a warning) and its input size")
     inspect.add_argument("--fundus-crop", action="store_true",
                          help="also look for the retina's disc in every image, as training with the fundus "
                               "crop does, and list the images that would fall back to the plain centre crop")
@@ -88,9 +93,38 @@ def _inspect(args: argparse.Namespace) -> int:
     max_frames = _max_frames() if args.max_frames is None else args.max_frames
     if max_frames < 1:
         raise ConfigError(f"--max-frames {max_frames} must be at least 1.")
-    spec = Preprocessing(size=max(8, args.min_size), fundus_crop=True) if args.fundus_crop else None
+    classes, size, source = _expected(args.target) if args.target is not None else (None, None, "")
+    min_size = args.min_size if args.min_size is not None else (size or 224)
+    spec = Preprocessing(size=max(8, min_size), fundus_crop=True) if args.fundus_crop else None
     with progress_bar("Checking images", enabled=not args.json) as progress:
-        report = validate(args.data, labels_csv=args.labels_csv, min_size=args.min_size, preprocessing=spec,
-                          max_frames=max_frames, progress=progress)
+        report = validate(args.data, labels_csv=args.labels_csv, min_size=min_size, preprocessing=spec,
+                          max_frames=max_frames, expected_classes=classes, expected_from=source or "the plan",
+                          progress=progress)
     print(report.to_json() if args.json else report.to_text())
     return 0
+
+
+def _expected(path: Path) -> tuple[list[str], int, str]:
+    """(classes, input size, how to name it) of a model package, a federation plan or an invitation."""
+    from core.errors import ConfigError, DopamineError
+
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".dpm":
+            from core.models.package import read_package
+
+            card = read_package(path, require_signature=False).card
+            return list(card.classes), int(card.preprocessing.get("size", 224)), f"the model {path.name}"
+        if path.suffix.lower() == ".toml":
+            from core.federation.plan import load_plan
+
+            plan = load_plan(path)
+        else:
+            from core.federation.invitation import read_invitation
+
+            plan = read_invitation(path).plan
+    except DopamineError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--for {path}: cannot be read ({exc}); give an invitation, a plan.toml or a .dpm.") from exc
+    return list(plan.classes), int(plan.image_size), f"the plan of {plan.name}"

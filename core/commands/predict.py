@@ -50,6 +50,14 @@ def signer_line(name: str, signer) -> str:
             f"`dopamine trust add {name} --name SENDER` trusts it.")
 
 
+def validation_line(name: str, assessment) -> str:
+    """One line on whether the model's answers mean anything (core.inference.assessment.ModelAssessment)."""
+    if assessment.trustworthy:
+        return f"{name}: {assessment.message}"
+    return (f"WARNING: {name}: {assessment.headline.upper()}. {assessment.message} Every answer below is marked "
+            f"{assessment.marker}.")
+
+
 def _predict(args: argparse.Namespace) -> int:
     from core.errors import ConfigError, SignatureError
     from core.inference import BatchConfig, open_model, run_with
@@ -71,6 +79,7 @@ def _predict(args: argparse.Namespace) -> int:
             raise
         raise SignatureError(f"{exc} Only if you trust where it came from, pass --allow-unverified.") from exc
     print(signer_line(args.model.name, predictor.signer), file=sys.stderr)
+    print(validation_line(args.model.name, predictor.assessment), file=sys.stderr)
     config = BatchConfig(model=args.model, inputs=list(args.inputs), csv=args.csv, report=args.report,
                          heatmaps=args.heatmaps, allow_unverified=args.allow_unverified, home=args.home,
                          require_trusted=args.require_trusted)
@@ -81,7 +90,7 @@ def _predict(args: argparse.Namespace) -> int:
         rows = [item.prediction.to_dict() if item.prediction is not None
                 else {"file": item.file, "error": item.error, "model_sha256": result.model_sha256,
                       "signature_verified": result.signature_verified, "signer_trusted": result.signer_trusted,
-                      "signer_fingerprint": result.signer_fingerprint}
+                      "signer_fingerprint": result.signer_fingerprint, "model_validation": result.model_validation}
                 for item in result.items]
         print(json.dumps(rows, indent=2))
     else:
@@ -92,9 +101,13 @@ def _predict(args: argparse.Namespace) -> int:
                 continue
             line = f"{p.where}: {p.predicted_class} ({_percent(p.probabilities[p.predicted_class])})"
             if p.referable_dr is not None:
+                assert p.referable_dr_probability is not None  # referable_dr is read from it
                 line += f"; referable DR: {'yes' if p.referable_dr else 'no'} ({_percent(p.referable_dr_probability)})"
+            line += f" {p.model_marker}" if p.model_marker else ""
             print(line + ("" if p.signer_trusted else " [UNKNOWN SIGNER]" if p.signature_verified
                           else " [UNVERIFIED MODEL]"))
+            for warning in p.input_check.warnings if p.input_check is not None else []:
+                print(f"  warning: {warning}")
         for label, path in (("CSV", result.csv), ("Report", result.report), ("Heatmaps", result.heatmaps)):
             if path is not None:
                 print(f"{label}: {path}")

@@ -2,25 +2,50 @@
 collection's make-up (cameras, resolutions, left and right eyes, formats).
 
 Bad files never stop validation; each becomes a Problem with a reason. Only an unusable collection as
-a whole (nothing found) raises DataError. Each frame of a multi-frame DICOM file is one sample.
+a whole (nothing found) raises DataError. Each frame of a multi-frame DICOM file is one sample. Folders that
+look like the wrong choice (a test split, the parent of the right folder, classes that are not grades or not
+those expected) become LayoutWarnings.
+
+It is one module past 400 lines because the problems, the warnings and the make-up all come from the one
+pass over the collection that ``validate`` makes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import statistics
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.data.dataset import Sample, open_dataset
-from core.data.images import MAX_FRAMES_PER_FILE, ImageInfo, ImageReadError, open_image
+from core.data.dataset import DR_CLASSES, HospitalDataset, Sample, open_dataset
+from core.data.images import MAX_FRAMES_PER_FILE, ImageInfo, ImageReadError, is_image_file, open_image
 from core.data.problems import NOTES, PROBLEM_KINDS, Problem
 from core.jobs import NEVER_CANCELLED, CancelToken, ProgressFn, no_progress
 
-__all__ = ["Problem", "ValidationReport", "validate", "file_sha256", "make_up"]
+__all__ = ["LayoutWarning", "Problem", "ValidationReport", "class_mismatch", "file_sha256", "layout_warnings",
+           "make_up", "validate"]
+
+# Folder names that say "held-out test set": training or joining with one leaks the test set into training.
+TEST_SPLIT_NAME = re.compile(r"^(test|tests|testing|val|valid|validation|hold[-_ ]?out|held[-_ ]?out|eval|"
+                             r"evaluation)([-_ ].*|\d*)$", re.IGNORECASE)
+LISTED = 5
+
+
+@dataclass(frozen=True)
+class LayoutWarning:
+    """Something about the collection's folders that makes it likely the wrong choice (it is still usable).
+
+    kind: "test_split" (a folder named like a held-out test set), "nested_classes" (a class folder holds
+    class folders: the parent of the right folder was chosen), "not_grades" (the class folders are not DR
+    grades), "other_classes" (not the classes the model or federation expects)."""
+
+    kind: str
+    message: str
 
 _PROBLEM_TITLES = {
     "unreadable": "Unreadable files (skipped)",
@@ -51,6 +76,23 @@ class ValidationReport:
     usable_files: int = 0
     make_up: dict[str, Any] = field(default_factory=dict)
     """Cameras, resolutions, laterality, formats (see ``make_up``); fundus-crop results when checked."""
+    warnings: list[LayoutWarning] = field(default_factory=list)
+    """Why this is probably not the folder to train or join with (see LayoutWarning); [] when none."""
+    image_sizes: list[tuple[int, int]] = field(default_factory=list, repr=False)
+    """(width, height) of each usable file, so small images can be counted for any model input size."""
+
+    def smaller_than(self, size: int) -> int:
+        """How many usable files have a side shorter than ``size`` pixels (they are enlarged to the input)."""
+        return sum(1 for width, height in self.image_sizes if min(width, height) < size)
+
+    def small_images_line(self, size: int) -> str:
+        """One line for all small images at model input ``size`` ("" when there are none)."""
+        count = self.smaller_than(size)
+        if not count:
+            return ""
+        smallest = min(min(w, h) for w, h in self.image_sizes)
+        return (f"{count} image(s) are smaller than the model input of {size} px (the smallest: {smallest} px); "
+                "they are used, enlarged.")
 
     def problem_counts(self) -> dict[str, int]:
         return {kind: sum(1 for p in self.problems if p.kind == kind) for kind in PROBLEM_KINDS}
@@ -58,6 +100,7 @@ class ValidationReport:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         del data["usable_samples"]  # paths to every image are for the trainer, not for the report
+        del data["image_sizes"]
         data["problem_counts"] = self.problem_counts()
         return data
 
@@ -74,6 +117,8 @@ class ValidationReport:
         width = max((len(c) for c in self.classes), default=0)
         for name in self.classes:
             lines.append(f"  {name:<{width}}  {self.class_counts.get(name, 0)}")
+        for warning in self.warnings:
+            lines.append(f"WARNING: {warning.message}")
         lines += make_up_lines(self.make_up)
         counts = self.problem_counts()
         if not self.problems:
@@ -82,8 +127,9 @@ class ValidationReport:
             if not counts[kind]:
                 continue
             title = _PROBLEM_TITLES[kind]
-            if kind == "too_small":
-                title = f"Smaller than the model input of {self.min_size} px (used, upscaled)"
+            if kind == "too_small":  # one line for all of them: they are used, and can be thousands
+                lines.append(self.small_images_line(self.min_size) or f"{title}: {counts[kind]}")
+                continue
             lines.append(f"{title}: {counts[kind]}")
             listed = [p for p in self.problems if p.kind == kind]
             for problem in listed[:max_listed]:
@@ -103,15 +149,19 @@ def file_sha256(data: bytes) -> str:
 
 
 def validate(path: Path, *, labels_csv: Path | None = None, min_size: int = 224, preprocessing: Any = None,
-             max_frames: int = MAX_FRAMES_PER_FILE, progress: ProgressFn = no_progress,
+             max_frames: int = MAX_FRAMES_PER_FILE, expected_classes: list[str] | None = None,
+             expected_from: str = "the plan", progress: ProgressFn = no_progress,
              cancel: CancelToken = NEVER_CANCELLED) -> ValidationReport:
     """Open and fully decode every image of the collection at ``path``; report what is usable and why not.
 
     ``preprocessing`` (core.data.preprocess.Preprocessing): with ``fundus_crop`` on, every image is also
     searched for the retina's disc, and images where none is found are reported (they fall back to the
-    plain pipeline). ``max_frames``: the most frames a multi-frame file may hold.
+    plain pipeline). ``max_frames``: the most frames a multi-frame file may hold. ``expected_classes``:
+    the classes the model or federation (``expected_from``) trains; other classes are warned about.
     """
     dataset = open_dataset(Path(path), labels_csv=labels_csv)
+    warnings = layout_warnings(dataset, expected_classes, expected_from)
+    sizes: list[tuple[int, int]] = []
     problems: list[Problem] = list(dataset.issues)
     first_by_hash: dict[str, Sample] = {}
     groups: dict[str, list[str]] = {}
@@ -155,6 +205,7 @@ def validate(path: Path, *, labels_csv: Path | None = None, min_size: int = 224,
                                  laterality=info.laterality))
             infos.append(info)
         width, height = frames[0]
+        sizes.append((width, height))
         if min(width, height) < min_size:
             problems.append(Problem(str(sample.path), "too_small",
                                     f"{width}x{height} px is smaller than the model input of {min_size} px; "
@@ -172,8 +223,78 @@ def validate(path: Path, *, labels_csv: Path | None = None, min_size: int = 224,
         root=str(dataset.root), layout=dataset.layout, classes=list(dataset.classes), class_counts=class_counts,
         total_files=total + len(dataset.unused_files), usable=len(usable), problems=problems,
         duplicates=list(groups.values()), min_size=min_size, usable_samples=usable, usable_files=usable_files,
-        make_up=summary,
+        make_up=summary, warnings=warnings, image_sizes=sizes,
     )
+
+
+def class_mismatch(classes: list[str], expected: list[str], expected_from: str = "the plan") -> str:
+    """Why images with ``classes`` cannot train a model of ``expected`` classes ("" when they can)."""
+    if list(classes) == list(expected):
+        return ""
+    return (f"The classes here ({_names(classes)}) are not the classes of {expected_from} ({_names(expected)}): "
+            "its model would learn the wrong answers. Choose a folder with one sub-folder per class of "
+            f"{expected_from}.")
+
+
+def layout_warnings(dataset: HospitalDataset, expected_classes: list[str] | None = None,
+                    expected_from: str = "the plan") -> list[LayoutWarning]:
+    """What makes this collection look like the wrong choice: a test split, the parent of the right folder,
+    class folders that are not grades, or classes other than those expected."""
+    root = Path(dataset.root)
+    warnings: list[LayoutWarning] = []
+    if TEST_SPLIT_NAME.match(root.name):
+        warnings.append(LayoutWarning("test_split", (
+            f"The folder {root.name} is named like a held-out test set. Train and join with this hospital's "
+            "training images only: test images used for training make every accuracy measured on them "
+            "meaningless.")))
+    folders = _class_folders(root) if dataset.layout == "folders" else []
+    tests = [folder.name for folder in folders if TEST_SPLIT_NAME.match(folder.name)]
+    if tests:
+        named = f"folder {tests[0]} is" if len(tests) == 1 else f"folders {_names(tests)} are"
+        warnings.append(LayoutWarning("test_split", (
+            f"The class {named} named like a held-out test set: its images would become training images of a "
+            "class of that name.")))
+    nested = [(folder.name, inner) for folder in folders if (inner := _folders_with_images(folder))]
+    for name, inner in nested[:LISTED]:
+        advice = "" if TEST_SPLIT_NAME.match(name) else \
+            f" If {name} is one hospital's collection, choose {name} itself."
+        warnings.append(LayoutWarning("nested_classes", (
+            f"The class folder {name} itself holds folders of images ({_names(inner)}): every image below it "
+            f"becomes class “{name}”.{advice}")))
+    if expected_classes is not None:
+        mismatch = class_mismatch(dataset.classes, expected_classes, expected_from)
+        if mismatch:
+            warnings.append(LayoutWarning("other_classes", mismatch))
+    elif dataset.layout == "folders" and list(dataset.classes) != list(DR_CLASSES):
+        warnings.append(LayoutWarning("not_grades", (
+            f"The class folders ({_names(dataset.classes)}) are not DR grades (0-4, or No DR … Proliferative "
+            "DR): each becomes a class of its own. If they are hospitals or splits, choose one of them instead.")))
+    return warnings
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:LISTED * 2])
+    return shown + (f" and {len(names) - LISTED * 2} more" if len(names) > LISTED * 2 else "")
+
+
+def _class_folders(root: Path) -> list[Path]:
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError:
+        return []
+    return [Path(e.path) for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)]
+
+
+def _folders_with_images(folder: Path) -> list[str]:
+    """The sub-folders of ``folder`` that hold an image somewhere below them (stops at the first image)."""
+    found = []
+    for sub in _class_folders(folder):
+        for parent, subfolders, names in os.walk(sub):
+            subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+            if any(not n.startswith(".") and is_image_file(Path(parent) / n) for n in names):
+                found.append(sub.name)
+                break
+    return found
 
 
 class _FundusCheck:

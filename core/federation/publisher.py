@@ -72,8 +72,8 @@ class ModelPublisher:
                 self.model.get_parameter(name).copy_(tensor)
         return self.model
 
-    def publish(self, round: int, *, contributors: Mapping[str, int], rounds_taken: Mapping[str, int],
-                metrics: dict) -> str:
+    def publish(self, round: int, *, contributors: Mapping[str, int],
+                rounds_taken: Mapping[str, tuple[int, int]], metrics: dict) -> str:
         """Write the optimizer state and the signed global model of ``round`` (atomically); its SHA-256.
 
         ``contributors``: name -> declared images of every hospital whose update is in the model;
@@ -136,6 +136,7 @@ class ModelPublisher:
 
         key = (sample_rate, steps)
         if key not in self._epsilon_cache:
+            assert self.plan.noise_multiplier is not None and self.plan.delta is not None  # a private plan's
             self._epsilon_cache[key] = compute_epsilon(
                 sample_rate=sample_rate, noise_multiplier=float(self.plan.noise_multiplier), steps=steps,
                 delta=float(self.plan.delta), accountant=self.plan.accountant)
@@ -152,7 +153,9 @@ class Evaluation:
 
     def __init__(self, settings: CoordinatorSettings, plan: FederationPlan, cache_dir: Path) -> None:
         from core.data import Preprocessing, load_tensors, validate
+        from core.inference.input_check import reference_statistics
 
+        assert settings.eval_data is not None  # the coordinator evaluates only when eval_data is set
         report = validate(Path(settings.eval_data), min_size=16)
         samples = [s for s in report.usable_samples if s.label is not None]
         if not samples:
@@ -160,6 +163,10 @@ class Evaluation:
         self.spec = Preprocessing(size=plan.image_size)
         self.images, self.labels = load_tensors(samples, self.spec, cache_dir=cache_dir)
         self.num_classes = len(plan.classes)
+        self.classes = list(plan.classes)
+        # Published in every evaluated card, so a hospital can tell how the test images look and whose they are.
+        self.reference = reference_statistics(self.images, report.make_up)
+        self.described = f"the coordinator's own held-out images in folder {Path(settings.eval_data).name}"
         self.every = settings.eval_every
         self.last_round = plan.rounds
         log.info("evaluation set: %d images from %s", len(samples), settings.eval_data)
@@ -168,8 +175,11 @@ class Evaluation:
         return round % self.every == 0 or round == self.last_round
 
     def evaluate(self, model) -> dict:
+        from core.inference.assessment import held_out_evaluation
         from core.training.loop import evaluate_model
 
         metrics = evaluate_model(model, self.images, self.labels, self.spec, num_classes=self.num_classes)
-        metrics["images"] = int(self.labels.shape[0])
-        return metrics
+        # Accuracy, kappa and recall per class, the majority baseline, the test set's size and holder, and
+        # that these figures (a release about the held-out images) are not covered by epsilon.
+        return held_out_evaluation(metrics, self.labels.tolist(), self.classes, described=self.described,
+                                   held_by="the coordinator", reference=self.reference)

@@ -10,8 +10,13 @@ Public API:
     BatchConfig, run(config, *, progress, cancel) -> BatchResult; run_with(predictor, config, ...)
     find_images(inputs) -> list[Path]; dicom_metadata(path, *, identifying=False);
     card_fields(package, signer=None)
+    assess(card) -> ModelAssessment ("validated" | "not validated" | "baseline", with the words to show);
+        Predictor.assessment, Prediction.model_validation / model_warning / model_marker
+    held_out_evaluation(metrics, labels, classes, *, described, held_by, reference) -> the card's block
+    reference_statistics(images_uint8, make_up) -> dict; check_input(...) -> InputCheck (size, colour)
 """
 
+from core.inference.assessment import ModelAssessment, assess, held_out_evaluation
 from core.inference.batch import (
     BatchConfig,
     BatchItem,
@@ -24,6 +29,7 @@ from core.inference.batch import (
 from core.inference.card import card_fields, signature_status
 from core.inference.dicom_fields import dicom_metadata, is_dicom_path
 from core.inference.files import find_images
+from core.inference.input_check import InputCheck, check_input, reference_statistics
 from core.inference.predictor import Prediction, Predictor, is_dr_model, open_model
 from core.inference.report import csv_text, html_text, write_csv, write_html
 from core.inference.saliency import (
@@ -37,6 +43,7 @@ from core.inference.saliency import (
 )
 
 __all__ = [
+    "InputCheck", "ModelAssessment", "assess", "check_input", "held_out_evaluation", "reference_statistics",
     "GRAD_CAM", "OCCLUSION", "BatchConfig", "BatchItem", "BatchResult", "batch_result", "Prediction", "Predictor", "Saliency",
     "card_fields", "colorize", "compute_saliency", "csv_text", "dicom_metadata", "find_images",
     "heatmap_image", "html_text", "is_dicom_path", "is_dr_model", "open_model", "overlay", "predict_files",

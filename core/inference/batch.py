@@ -16,6 +16,7 @@ from PIL import Image
 
 from core.data.images import ImageFile, open_image_file
 from core.errors import DataError, DopamineError
+from core.inference.assessment import ModelAssessment
 from core.inference.files import find_images
 from core.inference.output import check_writable, write_output
 from core.inference.predictor import Prediction, Predictor, open_model
@@ -70,6 +71,12 @@ class BatchResult:
     report: Path | None = None
     heatmaps: Path | None = None
     signer: SignerStatus | None = None
+    assessment: ModelAssessment | None = None
+    """Whether the model was validated on held-out images (core.inference.assessment)."""
+
+    @property
+    def model_validation(self) -> str:
+        return self.assessment.level if self.assessment is not None else ""
 
     @property
     def signer_trusted(self) -> bool:
@@ -148,6 +155,8 @@ def predict_files(
     for index, path in enumerate(files):
         cancel.check()
         progress(index / total, f"{index + 1}/{len(files)} {path.name}")
+        opened: ImageFile | None
+        opening_error: str | None
         try:
             opened = _read(path)
         except DataError as exc:
@@ -195,7 +204,7 @@ def batch_result(predictor: Predictor, items: list[BatchItem]) -> BatchResult:
     """Wrap items predicted with ``predictor`` (for write_csv / write_html)."""
     return BatchResult(model_path=str(predictor.path), model_sha256=predictor.sha256,
                        signature_verified=predictor.signature_verified, classes=predictor.classes, items=items,
-                       signer=predictor.signer)
+                       signer=predictor.signer, assessment=predictor.assessment)
 
 
 def run_with(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from core.inference.assessment import assess, evaluation_of
 from core.models.package import ModelPackage
 from core.models.trust import SignerStatus, signer_status
 
@@ -59,9 +60,33 @@ def card_fields(package: ModelPackage, signer: SignerStatus | None = None) -> li
         ("Created", card.created),
         ("Software version", card.software_version),
     ]
+    rows += evaluation_rows(card)
     for name, value in sorted(card.metrics.items()):
         if isinstance(value, int | float) and not isinstance(value, bool):
             rows.append((f"Metric: {name}", _number(value)))
     if card.description:
         rows.append(("Description", card.description))
+    return rows
+
+
+def evaluation_rows(card) -> list[tuple[str, str]]:
+    """The held-out evaluation as labelled lines: the verdict, the figures, per-class recall, whose images,
+    and that none of it is covered by ε."""
+    assessment = assess(card)
+    rows = [("Validation", f"{assessment.headline.upper() if not assessment.trustworthy else assessment.headline}: "
+                           f"{assessment.message}")]
+    evaluation, _source = evaluation_of(card.metrics if isinstance(card.metrics, dict) else {})
+    if evaluation is None:
+        return rows
+    recall = evaluation.get("per_class_recall")
+    if isinstance(recall, list) and len(recall) == len(card.classes):
+        rows.append(("Recall per class", ", ".join(
+            f"{name} {_number(value) if value is not None else '-'}" for name, value in zip(card.classes, recall,
+                                                                                         strict=True))))
+    test_set = evaluation.get("test_set")
+    if isinstance(test_set, dict) and test_set.get("held_by"):
+        rows.append(("Test images held by", str(test_set["held_by"])))
+    note = evaluation.get("release_note")
+    if isinstance(note, str) and note:
+        rows.append(("Not covered by ε", note))
     return rows

@@ -16,7 +16,10 @@ import torch
 from PIL import Image
 
 from core.data import DR_CLASSES, Preprocessing, prepare, preprocess
+from core.data.preprocess import normalize
 from core.errors import ConfigError, InferenceError, ModelError, ModelPackageError
+from core.inference.assessment import VALIDATED, ModelAssessment, assess, evaluation_of
+from core.inference.input_check import InputCheck, check_input
 from core.inference.saliency import Saliency, compute_saliency
 from core.models.package import ModelCard, ModelPackage, load_model, read_package
 from core.models.trust import SignerStatus, TrustedSigner, TrustStore, ensure_trusted, signer_status
@@ -45,6 +48,27 @@ class Prediction:
     """The frame's index (0-based) in a multi-frame file; None for a single image. Shown 1-based."""
     laterality: str | None = None
     """"L"/"R" when the file says which eye."""
+    model_validation: str = VALIDATED
+    """core.inference.assessment's level for the model: "validated", "not validated" or "baseline"."""
+    model_warning: str = ""
+    """Why the model's answers must not be relied on ("" for a validated model)."""
+    model_marker: str = ""
+    """"[NOT VALIDATED]" or "[NO BETTER THAN BASELINE]" beside every answer of such a model."""
+    input_check: InputCheck | None = None
+    """The size the model sees the image at, and warnings when it is far from the tested images."""
+
+    @property
+    def trustworthy(self) -> bool:
+        """The model was validated on held-out images; its signer is a separate question."""
+        return self.model_validation == VALIDATED
+
+    @property
+    def referable_text(self) -> str | None:
+        """"Referable" / "Not referable", never without the warning when the model is not validated."""
+        if self.referable_dr is None:
+            return None
+        verdict = "Referable" if self.referable_dr else "Not referable"
+        return verdict if self.trustworthy else f"{verdict} {self.model_marker}"
 
     @property
     def frame_number(self) -> int | None:
@@ -81,6 +105,11 @@ class Prediction:
         if self.referable_dr_probability is not None:
             out["referable_dr_probability"] = self.referable_dr_probability
             out["referable_dr"] = self.referable_dr
+        out["model_validation"] = self.model_validation
+        if self.model_warning:
+            out["model_warning"] = self.model_warning
+        if self.input_check is not None:
+            out["input"] = self.input_check.to_dict()
         return out
 
 
@@ -104,6 +133,22 @@ class Predictor:
     def __post_init__(self) -> None:
         if self.signer is None:
             self.signer = signer_status(self.package, None)
+        self.assessment: ModelAssessment = assess(self.package.card)
+        evaluation, _ = evaluation_of(self.package.card.metrics if isinstance(self.package.card.metrics, dict) else {})
+        reference = (evaluation or {}).get("reference")
+        self.reference: dict | None = reference if isinstance(reference, dict) else None
+
+    @property
+    def input_size(self) -> int:
+        """The model sees input_size x input_size pixels."""
+        return int(self.spec.size)
+
+    def check_image(self, image: Image.Image, view: Image.Image | None = None) -> InputCheck:
+        """How the model sees ``image`` (``view``: its prepared picture, if already made) and whether it is far
+        from the images the model was tested on."""
+        view = view if view is not None else self.model_view(image)
+        colour = [float(v) for v in np.asarray(view, dtype=np.float64).reshape(-1, 3).mean(axis=0)]
+        return check_input(image.size, self.input_size, colour, self.reference)
 
     @property
     def card(self) -> ModelCard:
@@ -123,10 +168,12 @@ class Predictor:
 
     @property
     def signer_trusted(self) -> bool:
+        assert self.signer is not None  # __post_init__ fills it
         return self.signer.signer_trusted
 
     @property
     def signer_fingerprint(self) -> str:
+        assert self.signer is not None  # __post_init__ fills it
         return self.signer.signer_fingerprint
 
     @property
@@ -175,9 +222,12 @@ class Predictor:
     def predict_image(self, image: Image.Image, *, file: str = "", frame: int | None = None,
                       laterality: str | None = None) -> Prediction:
         """Predict one decoded image (``frame``, ``laterality``: what the file said, for the report)."""
-        probs = self.probabilities(self.input_tensor(image))[0]
+        image = image.convert("RGB")
+        prepared = prepare(image, self.spec)
+        probs = self.probabilities(normalize(prepared.tensor(), self.spec).unsqueeze(0))[0]
         prediction = self._prediction(file, probs.numpy())
         prediction.frame, prediction.laterality = frame, laterality
+        prediction.input_check = self.check_image(image, prepared.image)
         return prediction
 
     def predict_file(self, path: Path, frame: int | None = None) -> Prediction:
@@ -194,6 +244,7 @@ class Predictor:
         index = int(np.argmax(probs))
         classes = self.classes
         signer = self.signer
+        assert signer is not None  # __post_init__ fills it
         referable = None
         if is_dr_model(classes):
             referable = float(probs[REFERABLE_DR_MIN_GRADE:].sum())
@@ -207,6 +258,9 @@ class Predictor:
             referable_dr_probability=referable,
             signer_trusted=signer.signer_trusted,
             signer_fingerprint=signer.signer_fingerprint,
+            model_validation=self.assessment.level,
+            model_warning="" if self.assessment.trustworthy else self.assessment.message,
+            model_marker=self.assessment.marker,
         )
 
     def saliency(self, image: Image.Image, *, target_index: int | None = None) -> Saliency:

@@ -29,8 +29,8 @@ def _cell(text: str) -> str:
 
 def csv_columns(classes: list[str]) -> list[str]:
     return ["file", "frame", "laterality", "predicted_class", *(f"p_{name}" for name in classes),
-            "referable_dr_probability", "model_sha256", "signature_verified", "signer_trusted",
-            "signer_fingerprint", "error"]
+            "referable_dr_probability", "model_validation", "model_sha256", "signature_verified",
+            "signer_trusted", "signer_fingerprint", "input_warnings", "error"]
 
 
 def _frame_number(frame: int | None) -> str:
@@ -48,13 +48,16 @@ def csv_text(result: BatchResult) -> str:
         p = item.prediction
         if p is None:
             probabilities = [""] * len(result.classes)
-            row = [item.file, _frame_number(item.frame), "", "", *probabilities, "", result.model_sha256,
-                   result.signature_verified, result.signer_trusted, result.signer_fingerprint, item.error]
+            row = [item.file, _frame_number(item.frame), "", "", *probabilities, "", result.model_validation,
+                   result.model_sha256, result.signature_verified, result.signer_trusted,
+                   result.signer_fingerprint, "", item.error]
         else:
             probabilities = [f"{p.probabilities[name]:.6f}" for name in result.classes]
             referable = "" if p.referable_dr_probability is None else f"{p.referable_dr_probability:.6f}"
+            warnings = " | ".join(p.input_check.warnings) if p.input_check is not None else ""
             row = [p.file, _frame_number(p.frame), p.laterality or "", p.predicted_class, *probabilities,
-                   referable, p.model_sha256, p.signature_verified, p.signer_trusted, p.signer_fingerprint, ""]
+                   referable, p.model_validation, p.model_sha256, p.signature_verified, p.signer_trusted,
+                   p.signer_fingerprint, warnings, ""]
         writer.writerow([_cell(str(v).lower() if isinstance(v, bool) else str(v)) for v in row])
     return buffer.getvalue()
 
@@ -77,6 +80,7 @@ padding:0.8em;font-weight:bold;color:#8e1b1b} .caution{background:#fff4d6;border
 padding:0.8em;font-weight:bold;color:#6b4700} .ok{color:#1b5e20} .bar{background:#dde3ec;width:120px;height:10px;
 display:inline-block;margin-right:6px} .bar span{background:#3867d6;height:10px;display:block}
 .file{font-family:monospace;word-break:break-all;max-width:28em} .small{color:#5a6475;font-size:0.85em}
+.warnword{color:#8e1b1b;font-weight:bold}
 """
 
 
@@ -100,7 +104,12 @@ def html_text(result: BatchResult, package: ModelPackage) -> str:
                      f"({esc(result.signer_fingerprint)}) is not one this hospital trusts, so the model card's "
                      "claims (privacy, training, accuracy) are unverified.</p>")
     else:
+        assert result.signer is not None  # signer_trusted needs one
         parts.append(f'<p class="ok">Signed by a trusted signer ({esc(result.signer.signer_described)}).</p>')
+    assessment = result.assessment
+    if assessment is not None and not assessment.trustworthy:
+        parts.append(f'<p class="warn">{esc(assessment.headline.upper())}: {esc(assessment.message)} Every answer '
+                     f"below is marked {esc(assessment.marker)}.</p>")
     done, failed = len(result.predictions), len(result.failures)
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     parts.append(f'<p>{done} image(s) predicted, {failed} could not be read. Generated {esc(generated)} by '
@@ -124,13 +133,16 @@ def html_text(result: BatchResult, package: ModelPackage) -> str:
                 for name, prob in p.probabilities.items()
             )
             method = f'<div class="small">{esc(item.saliency_method)}</div>' if item.saliency_method else ""
+            marker = f' <span class="warnword">{esc(p.model_marker)}</span>' if p.model_marker else ""
+            notes = "".join(f'<div class="small warnword">{esc(w)}</div>'
+                            for w in (p.input_check.warnings if p.input_check is not None else []))
             row = (f"<tr><td>{_data_uri(item.thumbnail_jpeg)}</td><td>{_data_uri(item.heatmap_jpeg)}{method}</td>"
-                   f'<td class="file">{esc(p.file)}{_where(p.frame, p.laterality)}</td>'
-                   f"<td><b>{esc(p.predicted_class)}</b></td><td>{bars}</td>")
+                   f'<td class="file">{esc(p.file)}{_where(p.frame, p.laterality)}{notes}</td>'
+                   f"<td><b>{esc(p.predicted_class)}</b>{marker}</td><td>{bars}</td>")
             if dr:
                 referable = p.referable_dr_probability or 0.0
                 verdict = "Refer" if p.referable_dr else "No referral"
-                row += f"<td>{verdict} ({100 * referable:.1f}%)</td>"
+                row += f"<td>{verdict} ({100 * referable:.1f}%){marker}</td>"
             parts.append(row + "</tr>")
         parts.append("</table>")
 

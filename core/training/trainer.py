@@ -164,6 +164,8 @@ def _train(config, home, run_id, run_dir, progress, cancel, on_epoch, closing: E
     import torch
 
     from core.data import Preprocessing, load_tensors, stratified_split, validate
+    from core.inference.assessment import held_out_evaluation
+    from core.inference.input_check import reference_statistics
     from core.models.package import ModelCard, write_package
     from core.models.registry import build_model
     from core.privacy.accountant import compute_epsilon
@@ -185,7 +187,7 @@ def _train(config, home, run_id, run_dir, progress, cancel, on_epoch, closing: E
             f"{config.data}: only {len(samples)} usable labelled images in {len({s.label for s in samples})} "
             "classes; training needs at least two classes with two images each."
         )
-    labels = [s.label for s in samples]
+    labels = [s.label for s in samples if s.label is not None]  # every one: samples are labelled
     train_idx, val_idx = stratified_split(labels, config.val_fraction, config.seed)
     train_samples = [samples[i] for i in train_idx]
     val_samples = [samples[i] for i in val_idx]
@@ -214,6 +216,7 @@ def _train(config, home, run_id, run_dir, progress, cancel, on_epoch, closing: E
     per_epoch, sample_rate, total_steps = run_plan.steps_per_epoch, run_plan.sample_rate, run_plan.steps
     noise_multiplier, epsilon = run_plan.noise_multiplier, run_plan.epsilon
     if config.mode == "cdp":
+        assert ledger is not None and noise_multiplier is not None  # opened above; plan_run sets sigma for CDP
         dp = DPSettings(noise_multiplier=noise_multiplier, max_grad_norm=config.max_grad_norm)
         # Refuse before any step when the whole run would pass the cap or this run's own limit.
         bounds = [b for b in (ledger.max_epsilon, limit) if b is not None]
@@ -251,6 +254,7 @@ def _train(config, home, run_id, run_dir, progress, cancel, on_epoch, closing: E
         val = evaluate_model(model, x_val, y_val, spec, num_classes=len(classes), device=device)
         spent = None
         if dp is not None:
+            assert noise_multiplier is not None and delta is not None  # both set for a CDP run
             spent = compute_epsilon(sample_rate=sample_rate, noise_multiplier=noise_multiplier,
                                     steps=epoch * per_epoch, delta=delta, accountant=config.accountant)
         stats = EpochStats(epoch, config.epochs, train_loss, val["loss"], val["accuracy"], val["kappa"],
@@ -269,12 +273,17 @@ def _train(config, home, run_id, run_dir, progress, cancel, on_epoch, closing: E
 
     progress(0.96, "Evaluating and signing the model")
     metrics = evaluate_model(model, x_val, y_val, spec, num_classes=len(classes), device=device)
+    # The validation figures with their baseline and test set, and that they are not covered by epsilon.
+    card_metrics = held_out_evaluation(
+        metrics, y_val.tolist(), list(classes), held_by="the training hospital",
+        described="the training hospital's held-out validation images",
+        reference=reference_statistics(x_val, report.make_up))
     card = ModelCard(
         architecture=config.model, classes=list(classes), preprocessing=spec.to_dict(), mode=config.mode,
         epsilon=epsilon, delta=delta, accountant=config.accountant if dp else None,
         noise_multiplier=noise_multiplier if dp else None, sample_rate=sample_rate,
         max_grad_norm=config.max_grad_norm if dp else None, steps=total_steps, rounds=None, hospitals=1,
-        image_counts={"local": num_train}, metrics={"validation": metrics},
+        image_counts={"local": num_train}, metrics={"validation": card_metrics},
         created=datetime.now(UTC).isoformat(timespec="seconds"), software_version=__version__,
         description=(config.description or f"Local {config.mode.upper()} training on {Path(config.data).name}.")
         + (" Epsilon holds against anyone who obtains this model (DP-SGD on this hospital's own images)."

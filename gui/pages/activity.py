@@ -9,7 +9,6 @@ from typing import Any
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
-    QFileDialog,
     QHBoxLayout,
     QHeaderView,
     QTableWidget,
@@ -148,10 +147,12 @@ class ActivityPage(Page):
         self.verify()
 
     def _open_other(self) -> None:
-        chosen, _ = QFileDialog.getOpenFileName(self, "Open an audit log", str(self.context.work_folder),
-                                                "Audit logs (*.jsonl);;All files (*)")
-        if chosen:
-            self.reload_list(select=Path(chosen))
+        from gui.file_dialogs import open_file
+
+        chosen = open_file(self, self.context.folders, "audit log", "Open an audit log",
+                           "Audit logs (*.jsonl);;All files (*)", fallback=self.context.work_folder)
+        if chosen is not None:
+            self.reload_list(select=chosen)
 
     def verify(self) -> None:
         path = self.current_path()

@@ -1,6 +1,14 @@
 """Data: choose the hospital's images, check them in the background, see balance, make-up (cameras,
 resolutions, eyes), samples, problems, and a few images before and after preprocessing (plain, or cropped
-to the retina)."""
+to the retina).
+
+The check is made for the model the images will train (gui.context.ExpectedImages: a federation's plan, or
+the Train page's input size): small images are counted at that input size, and folders that look like the
+wrong choice (the parent of the right folder, a test split, classes that are not the plan's) are warned
+about, never shown in green. A new check clears the previous folder's results first.
+
+It is one module past 400 lines because the check, its summary, the preview and the problems are one page;
+what decodes images (make_thumbnails, make_previews) runs as jobs off the UI thread."""
 
 from __future__ import annotations
 
@@ -14,7 +22,6 @@ from PySide6.QtGui import QImage, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
-    QFileDialog,
     QGridLayout,
     QHBoxLayout,
     QHeaderView,
@@ -25,8 +32,9 @@ from PySide6.QtWidgets import (
 )
 
 from core.jobs import NEVER_CANCELLED, CancelToken, ProgressFn, no_progress
-from gui.context import AppContext
-from gui.dialogs import show_error
+from gui.context import AppContext, ExpectedImages
+from gui.dialogs import saved, show_error
+from gui.file_dialogs import open_file, save_file
 from gui.widgets.common import Banner, Card, button, label
 from gui.widgets.job_progress import JobProgress
 from gui.widgets.page import Page
@@ -171,13 +179,15 @@ class DataPage(Page):
 
         row = QHBoxLayout()
         self.picker = PathPicker(folder=True, placeholder="Folder of images, or a CSV file",
-                                 button_text="Choose folder…", start_dir=Path(context.settings.data_folder))
+                                 button_text="Choose folder…", memory=context.folders, purpose="images")
         self.csv_button = button("Choose CSV file…")
         self.check_button = button("Check images", primary=True)
         row.addWidget(self.picker, 1)
         row.addWidget(self.csv_button)
         row.addWidget(self.check_button)
         self.body.addLayout(row)
+        self.expected_note = label("", "muted")
+        self.body.addWidget(self.expected_note)
         self.progress = JobProgress()
         self.body.addWidget(self.progress)
 
@@ -244,6 +254,8 @@ class DataPage(Page):
         self.save_report_button.clicked.connect(self._save_report)
         self.preview.fundus_check.toggled.connect(lambda _on: self._load_previews(self.report))
         self.preview.contrast_check.toggled.connect(lambda _on: self._load_previews(self.report))
+        context.expected_images_changed.connect(self._expected_changed)
+        self._show_expected()
         if context.settings.dataset is not None:
             self.picker.set_path(context.settings.dataset)
 
@@ -253,11 +265,57 @@ class DataPage(Page):
             self.check(self.context.settings.dataset)
 
     def _choose_csv(self) -> None:
-        start = str(self.picker.path() or self.context.settings.data_folder)
-        chosen, _ = QFileDialog.getOpenFileName(self, "Choose the labels CSV", start, "CSV files (*.csv)")
-        if chosen:
+        chosen = open_file(self, self.context.folders, "images", "Choose the labels CSV", "CSV files (*.csv)")
+        if chosen is not None:
             self.picker.set_path(chosen)
-            self.check(Path(chosen))
+            self.check(chosen)
+
+    # ---- what the images are checked for ---------------------------------------------------------------
+    @property
+    def expected(self) -> ExpectedImages:
+        return self.context.expected_images
+
+    def _show_expected(self) -> None:
+        expected = self.expected
+        classes = f" and the classes {', '.join(expected.classes)}" if expected.classes else ""
+        self.expected_note.setText(f"Checked for a model input of {expected.size} px{classes} "
+                                   f"({expected.source}).")
+
+    def _expected_changed(self, _expected: ExpectedImages) -> None:
+        self._show_expected()
+        if self.report is not None:  # counted again for the new input size and classes; nothing is re-read
+            self._show_summary(self.report)
+            self._show_problems(list(self.report.problems))
+
+    def warnings(self, report: Any) -> list[str]:
+        """The report's warnings, the class check made for what the images are now expected to train."""
+        from core.data.dataset import DR_CLASSES
+        from core.data.validation import class_mismatch
+
+        expected = self.expected
+        texts = [w.message for w in report.warnings if w.kind not in ("other_classes", "not_grades")]
+        if expected.classes is not None:
+            mismatch = class_mismatch(report.classes, expected.classes, expected.source)
+            if mismatch:
+                texts.append(mismatch)
+        elif report.layout == "folders" and list(report.classes) != list(DR_CLASSES):
+            texts += [w.message for w in report.warnings if w.kind == "not_grades"]
+        return texts
+
+    def clear_results(self) -> None:
+        """Nothing of the previous folder stays on screen once another check starts (or fails)."""
+        for job in (self._thumb_job, self._preview_job):
+            if job is not None and job.running:
+                job.cancel()
+        self.report = None
+        self.chart.set_counts({})
+        self.balance_note.setText("")
+        self.thumbnails.clear()
+        self.make_up_label.setText("Check a collection to see what it is made of.")
+        self.preview.clear()
+        self.problems.setRowCount(0)
+        self.problems_note.setText("Problems with single files are listed here; they never stop the check.")
+        self.save_report_button.setEnabled(False)
 
     def check(self, path: Path | None) -> None:
         if path is None:
@@ -265,42 +323,55 @@ class DataPage(Page):
             return
         if self._job is not None and self._job.running:
             self._job.cancel()
-        if self._thumb_job is not None and self._thumb_job.running:
-            self._thumb_job.cancel()
+        self.clear_results()
         self._checked_once = True
         self.picker.set_path(path)
         self.check_button.setEnabled(False)
-        self.summary.show_message(f"Checking {path}…", "info")
-        self._job = self.context.runner.start(
-            _validate, Path(path), name="validate",
-            on_done=lambda report, p=Path(path): self._show_report(p, report),
-            on_error=self._failed, on_cancelled=self._cancelled)
-        self._job.finished.connect(lambda: self.check_button.setEnabled(True))
-        self.progress.bind(self._job, "Checking images…")
+        self.summary.show_message(f"Checking {escape(str(path))}…", "info")
+        expected = self.expected
+        self._job = job = self.context.runner.start(
+            _validate, Path(path), min_size=expected.size, expected_classes=expected.classes,
+            expected_from=expected.source, name="validate",
+            on_done=lambda report, p=Path(path): self._show_report(p, report) if self._job is job else None,
+            on_error=lambda exc: self._failed(exc) if self._job is job else None,
+            on_cancelled=lambda: self._cancelled() if self._job is job else None)
+        job.finished.connect(lambda: self.check_button.setEnabled(True) if self._job is job else None)
+        self.progress.bind(job, "Checking images…")
 
     def _failed(self, exc: BaseException) -> None:
-        self.summary.show_message(f"These images could not be used: {exc}", "error")
+        self.clear_results()
+        kept = self.context.settings.dataset
+        still = (f" The images chosen before ({escape(str(kept))}) stay this hospital's images for training and "
+                 "joining." if kept is not None else "")
+        self.summary.show_message(f"These images could not be used: {escape(str(exc))}{still}", "error")
         show_error(self, exc)
 
     def _cancelled(self) -> None:
         self.summary.show_message("Check cancelled. Nothing was changed.", "warning")
 
-    def _show_report(self, path: Path, report: Any) -> None:
-        self.report = report
-        problems = list(report.problems)
+    def _show_summary(self, report: Any) -> None:
         serious = serious_problems(report)
-        small = len(problems) - serious
-        kind = "error" if not report.usable else ("warning" if serious else "ok")
+        warnings = self.warnings(report)
+        kind = "error" if not report.usable else ("warning" if serious or warnings else "ok")
         files = getattr(report, "usable_files", report.usable)
         if files and files != report.usable:
             used = f"{report.usable} images from {files} of {report.total_files} files can be used for training"
         else:
             used = f"{report.usable} of {report.total_files} files can be used for training"
-        text = (f"<b>{used}</b> ({len(report.classes)} classes, layout: {report.layout}). ")
+        text = ""
+        if warnings:
+            text += ("<b>This is probably not the folder to train or join with:</b><ul>"
+                     + "".join(f"<li>{escape(w)}</li>" for w in warnings) + "</ul>")
+        text += f"<b>{used}</b> ({len(report.classes)} classes: {escape(', '.join(report.classes))}; " \
+                f"layout: {report.layout}). "
         text += (f"{serious} problem(s) found: see the list below. " if serious else "No problems found. ")
-        if small:
-            text += f"{small} image(s) are smaller than {report.min_size} px and will be enlarged."
+        text += escape(report.small_images_line(self.expected.size))
         self.summary.show_message(text, kind)
+
+    def _show_report(self, path: Path, report: Any) -> None:
+        self.report = report
+        problems = list(report.problems)
+        self._show_summary(report)
         self.chart.set_counts({name: int(report.class_counts.get(name, 0)) for name in report.classes})
         self._show_balance(report)
         self._show_problems(problems)
@@ -349,19 +420,27 @@ class DataPage(Page):
         self.balance_note.setText(note)
 
     def _show_problems(self, problems: list[Any]) -> None:
-        # Files that will be skipped first; "small but used" notes last (they can be many).
+        # Files that will be skipped first; small images are one row at the end, counted at the model's input
+        # size (they are used, and can be thousands).
         order = {kind: rank for rank, kind in enumerate(PROBLEM_WORDS)}
-        problems = sorted(problems, key=lambda p: (p.kind == "too_small", order.get(p.kind, 99)))
-        self.problems.setRowCount(len(problems))
+        problems = sorted((p for p in problems if p.kind != "too_small"), key=lambda p: order.get(p.kind, 99))
+        small = self.report.smaller_than(self.expected.size) if self.report is not None else 0
+        self.problems.setRowCount(len(problems) + (1 if small else 0))
         for row, problem in enumerate(problems):
             name = QTableWidgetItem(Path(problem.path).name)
             name.setToolTip(problem.path)
             self.problems.setItem(row, 0, name)
             self.problems.setItem(row, 1, QTableWidgetItem(PROBLEM_WORDS.get(problem.kind, problem.kind)))
             self.problems.setItem(row, 2, QTableWidgetItem(problem.reason))
+        if small:
+            row = len(problems)
+            self.problems.setItem(row, 0, QTableWidgetItem(f"{small} image(s)"))
+            self.problems.setItem(row, 1, QTableWidgetItem(PROBLEM_WORDS["too_small"]))
+            self.problems.setItem(row, 2, QTableWidgetItem(
+                f"smaller than the model input of {self.expected.size} px; they are enlarged"))
         self.problems_note.setText(
             "Files with a problem are left untouched: fix or remove them and check again. Small images are "
-            "listed last; they are used." if problems else "No problems found.")
+            "one line, last; they are used." if problems or small else "No problems found.")
 
     def _load_thumbnails(self, report: Any) -> None:
         self.thumbnails.clear()
@@ -381,16 +460,29 @@ class DataPage(Page):
     def _save_report(self) -> None:
         if self.report is None:
             return
-        chosen, _ = QFileDialog.getSaveFileName(self, "Save the report", "validation-report.json",
-                                                "JSON (*.json)")
-        if chosen:
-            try:
-                Path(chosen).write_text(self.report.to_json(), encoding="utf-8")
-            except OSError as exc:
-                show_error(self, exc)
+        chosen = save_file(self, self.context.folders, "export", "Save the report", "validation-report.json",
+                           "JSON (*.json)")
+        if chosen is not None:
+            self.save_report(chosen)
+
+    def save_report(self, path: Path) -> None:
+        try:
+            Path(path).write_text(self.report.to_json(), encoding="utf-8")
+        except OSError as exc:
+            show_error(self, exc)
+            return
+        saved(self, path, "the validation report")
 
 
-def _validate(path: Path, *, progress, cancel) -> Any:
+def escape(text: str) -> str:
+    from html import escape as html_escape
+
+    return html_escape(text, quote=False)
+
+
+def _validate(path: Path, *, min_size: int, expected_classes: list[str] | None, expected_from: str,
+              progress, cancel) -> Any:
     from core.data import validate
 
-    return validate(path, progress=progress, cancel=cancel)
+    return validate(path, min_size=min_size, expected_classes=expected_classes, expected_from=expected_from,
+                    progress=progress, cancel=cancel)

@@ -1,7 +1,12 @@
 """Federation: review an invitation (who, where, the plan, its privacy cost) and take part in it.
 
 The page renders and asks the user; gui.federation_session.FederationSession owns the membership's
-state, jobs and events.
+state, jobs and events. A privacy cap a join needs is set right here (prefilled with the plan's δ), and the
+moment the coordinator publishes the last model the page shows a completion card (the final evaluation,
+the ε spent, Open in Viewer) and hides what no longer applies.
+
+It is one module past 400 lines because it is one page the user walks down in order (the invitation, the
+plan and its cost, the cap, the run, its end, the peers); the state and the jobs are in the session.
 """
 
 from __future__ import annotations
@@ -14,8 +19,11 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
+    QDoubleSpinBox,
+    QFormLayout,
     QHBoxLayout,
     QHeaderView,
+    QLineEdit,
     QListWidget,
     QTableWidget,
     QTableWidgetItem,
@@ -26,7 +34,8 @@ from PySide6.QtWidgets import (
 from gui.context import AppContext
 from gui.dialogs import confirm, show_error
 from gui.federation_jobs import CoordinatorView, InvitationReview
-from gui.federation_session import FederationSession, Membership
+from gui.federation_session import Completion, FederationSession, Membership
+from gui.ledger_jobs import set_cap
 from gui.widgets.common import Banner, Card, KeyValueCard, button, label
 from gui.widgets.job_progress import JobProgress
 from gui.widgets.page import Page
@@ -69,9 +78,10 @@ def plan_rows(review: InvitationReview) -> list[tuple[str, object]]:
     if plan.secagg:
         rows.append(("Colluding hospitals", f"t = {plan.colluders}: the privacy holds even if the coordinator and "
                                             f"{plan.colluders} other hospital(s) combine what they know"))
-    from core.federation.plan import threat_model_text
+    from core.federation.plan import EVALUATION_NOTE, threat_model_text
 
     rows.append(("Threat model", threat_model_text(plan)))
+    rows.append(("Model evaluation", EVALUATION_NOTE))
     return rows
 
 
@@ -86,7 +96,7 @@ class FederationPage(Page):
         row = QHBoxLayout()
         self.picker = PathPicker(folder=False, file_filter="Dopamine invitations (*.invite *.json);;All files (*)",
                                  placeholder="The invitation file the coordinator gave you (.invite)",
-                                 button_text="Open invitation…")
+                                 button_text="Open invitation…", memory=context.folders, purpose="invitation")
         row.addWidget(self.picker, 1)
         self.body.addLayout(row)
 
@@ -106,6 +116,8 @@ class FederationPage(Page):
         self.cost = Banner("", "privacy")
         self.until_cap = QCheckBox("Take part until this hospital's cap is reached, then stop")
         self.until_cap.setVisible(False)
+        self.cap_box = self._cap_box()
+        self.completion_card = self._completion_card()
         buttons = QHBoxLayout()
         self.join_button = button("Join", primary=True)
         self.pause_button = button("Pause")
@@ -113,7 +125,8 @@ class FederationPage(Page):
         for widget in (self.join_button, self.pause_button, self.leave_button):
             buttons.addWidget(widget)
         buttons.addStretch(1)
-        for widget in (self.federation_card, self.check_note, self.plan_card, self.cost, self.until_cap):
+        for widget in (self.completion_card, self.federation_card, self.check_note, self.plan_card, self.cost,
+                       self.cap_box, self.until_cap):
             widget.setMaximumWidth(500)
             left.addWidget(widget)
         left.addLayout(buttons)
@@ -137,6 +150,7 @@ class FederationPage(Page):
         self.epsilon_plot = LivePlot("Privacy spent by this hospital", "ε", "round")
         right.addWidget(self.metrics_plot)
         right.addWidget(self.epsilon_plot)
+        right.addStretch(1)  # the "Now" card keeps its own height beside a long plan
 
         peers_card = Card("Hospitals in this federation")
         peers_card.body.addWidget(label(
@@ -181,6 +195,7 @@ class FederationPage(Page):
         session.cap.connect(lambda value: self.epsilon_plot.set_limit("cap", value))
         session.job_started.connect(lambda job: self.progress.bind(job, "Preparing the images…"))
         session.failed.connect(lambda exc: show_error(self, exc))
+        session.completed.connect(self.show_completion)
         self._plots = {"metrics": self.metrics_plot, "epsilon": self.epsilon_plot}
 
         self.picker.path_chosen.connect(self.open_invitation)
@@ -189,6 +204,8 @@ class FederationPage(Page):
         self.leave_button.clicked.connect(self.leave)
         self.until_cap.toggled.connect(lambda _checked: self._update_buttons())
         self.privacy_link.clicked.connect(lambda: context.navigate("privacy"))
+        self.set_cap_button.clicked.connect(self.set_cap)
+        self.open_final_button.clicked.connect(self._open_final)
         self.confirm_roster_button.clicked.connect(self.confirm_roster)
         context.dataset_changed.connect(lambda _r: self.reload())
         context.ledger_changed.connect(self._ledger_changed)
@@ -241,7 +258,8 @@ class FederationPage(Page):
 
     def _show_cost(self, review: InvitationReview) -> None:
         plan = review.invitation.plan
-        self.privacy_link.setVisible(bool(review.problem) and "Privacy page" in review.problem)
+        self.privacy_link.setVisible(False)
+        self._show_cap_box(review)
         if not plan.is_private:
             text = ("<b>Mode F adds no noise</b>: the updates this hospital sends are not differentially private"
                     + (" (they are hidden in a secure sum)." if plan.secagg else ".")
@@ -264,18 +282,144 @@ class FederationPage(Page):
                      "and the other hospitals continue without it.")
         if review.problem:
             text += f" <b>{review.problem}</b>"
-        self.cost.show_message(text, "error" if over or review.problem else "privacy")
+        # A missing cap is no error: the box below sets it.
+        blocked = bool(review.problem) and not (review.needs_cap and review.problem.startswith("This federation uses"))
+        self.cost.show_message(text, "error" if over or blocked else "privacy")
         self.until_cap.setVisible(over)
+
+    # ---- the privacy cap, where a join needs it ------------------------------------------------------
+    def _cap_box(self) -> Card:
+        box = Card("Set this hospital's privacy cap")
+        self.cap_text = label("", "muted")
+        self.cap_text.setTextFormat(Qt.TextFormat.RichText)
+        box.body.addWidget(self.cap_text)
+        form = QFormLayout()
+        self.cap_value = QDoubleSpinBox()
+        self.cap_value.setRange(0.01, 1000.0)
+        self.cap_value.setDecimals(2)
+        self.cap_value.setSingleStep(1.0)
+        self.cap_delta = QLineEdit()
+        form.addRow("Cap ε (epsilon)", self.cap_value)
+        form.addRow("δ (delta)", self.cap_delta)
+        box.body.addLayout(form)
+        self.set_cap_button = button("Set the cap", primary=True)
+        box.body.addWidget(self.set_cap_button)
+        box.setVisible(False)
+        return box
+
+    def _show_cap_box(self, review: InvitationReview) -> None:
+        needed = review.needs_cap and self.session.state != Membership.FINISHED
+        self.cap_box.setVisible(needed)
+        if not needed:
+            return
+        plan = review.invitation.plan
+        cost = review.epsilon_cost
+        if not self.cap_delta.text().strip():
+            self.cap_delta.setText(f"{plan.delta:g}")
+        if cost is not None and self.cap_value.value() in (0.01, self.cap_value.minimum()):
+            self.cap_value.setValue(_round_up(cost))
+        costs = f" Taking part in the whole plan costs ε = {cost:.3g}; a lower cap stops this hospital early." \
+            if cost is not None else ""
+        self.cap_text.setText(
+            "This hospital has no privacy cap yet. The cap is the most privacy loss (ε) this hospital will ever "
+            "spend, over all its training and federations together; any work that would pass it is refused "
+            f"before it starts.{costs} δ is the plan's ({plan.delta:g}): keep it unless your privacy officer "
+            "chose another. Later changes are made on the Privacy page; every change is recorded in the signed "
+            "audit log.")
+
+    def set_cap(self) -> None:
+        from core.errors import PrivacyError
+
+        try:
+            delta = float(self.cap_delta.text().strip())
+        except ValueError:
+            show_error(self, PrivacyError("Give δ as a number, for example 1e-5 (the plan's δ is prefilled)."))
+            return
+        self.set_cap_button.setEnabled(False)
+        self.context.runner.start(
+            set_cap, self.context.home.root, float(self.cap_value.value()), delta,
+            source="the app's Federation page, before joining", name="set cap",
+            on_done=self._cap_set, on_error=lambda exc: (self.set_cap_button.setEnabled(True), show_error(self, exc)))
+
+    def _cap_set(self, snapshot: Any) -> None:
+        self.set_cap_button.setEnabled(True)
+        self._say(snapshot.notice)
+        self.context.ledger_changed.emit()  # the review is made again against the new cap
+
+    # ---- the end -------------------------------------------------------------------------------------
+    def _completion_card(self) -> Card:
+        card = Card("The federation finished")
+        self.completion_text = label("", "")
+        self.completion_text.setTextFormat(Qt.TextFormat.RichText)
+        card.body.addWidget(self.completion_text)
+        self.completion_banner = Banner("", "ok")
+        card.body.addWidget(self.completion_banner)
+        self.completion_rows = KeyValueCard("Final model")
+        card.body.addWidget(self.completion_rows)
+        self.open_final_button = button("Open in Viewer", primary=True)
+        card.body.addWidget(self.open_final_button)
+        card.setVisible(False)
+        return card
+
+    def show_completion(self, done: Completion) -> None:
+        from core.inference.assessment import assess
+
+        plan = self.review.invitation.plan if self.review is not None else None
+        classes = list(plan.classes) if plan is not None else []
+        evaluation = done.metrics or {}
+        verdict = assess(type("Card", (), {"classes": classes, "metrics": {"evaluation": evaluation}})())
+        rows: list[tuple[str, object]] = [("Rounds", f"{done.rounds} of {done.rounds}")]
+        if isinstance(evaluation.get("accuracy"), int | float):
+            baseline = evaluation.get("majority_baseline")
+            rows.append(("Accuracy", f"{evaluation['accuracy']:.3f}" + (
+                f" (always answering “{evaluation.get('majority_class')}”: {baseline:.3f})"
+                if isinstance(baseline, int | float) else "")))
+        if isinstance(evaluation.get("kappa"), int | float):
+            rows.append(("Quadratic κ", f"{evaluation['kappa']:.3f}"))
+        if isinstance(evaluation.get("images"), int):
+            rows.append(("Test images", f"{evaluation['images']}, held by the coordinator"))
+        if done.epsilon is not None:
+            cap = f" (cap {done.cap:g})" if done.cap is not None else ""
+            rows.append(("ε spent by this hospital", f"{done.epsilon:.3g} in total{cap}"))
+        if done.participated is not None:
+            rows.append(("This hospital's rounds", f"its update is in {done.participated} round(s)"))
+        self.completion_rows.set_rows(rows)
+        self.completion_text.setText("The coordinator published the final model. Nothing more is sent or "
+                                     "charged for this federation.")
+        if verdict.trustworthy:
+            self.completion_banner.show_message(escape_html(verdict.message), "ok")
+        else:  # the reasons are in the model card (Models page, Viewer)
+            self.completion_banner.show_message(f"<b>{escape_html(verdict.headline)}.</b> "
+                                                f"{escape_html(verdict.short)}", "error")
+        self.open_final_button.setEnabled(done.model_path is not None and Path(done.model_path).exists())
+        self.open_final_button.setText("Open in Viewer" if self.open_final_button.isEnabled()
+                                       else "Open in Viewer (fetching the final model…)")
+        self.completion_card.setVisible(True)
+        self._update_buttons()
+
+    def _open_final(self) -> None:
+        done = self.session.completion
+        if done is not None and done.model_path is not None:
+            self.context.open_in_viewer(Path(done.model_path))
 
     # ---- taking part -------------------------------------------------------------------------------
     def _update_buttons(self) -> None:
         review, state = self.review, self.session.state
+        finished = state == Membership.FINISHED
         over = review is not None and review.verdict is not None and not review.verdict.allowed
         ready = review is not None and not review.problem and (not over or self.until_cap.isChecked())
-        self.join_button.setEnabled(ready and not self.running and state != Membership.FINISHED)
+        self.join_button.setEnabled(ready and not self.running and not finished)
         self.join_button.setText("Resume" if review is not None and review.resumable else "Join")
-        self.pause_button.setEnabled(self.running)
+        self.pause_button.setEnabled(self.running and not finished)
         self.leave_button.setEnabled(review is not None and state not in (Membership.LEFT, Membership.FINISHED))
+        # A finished federation has no cost ahead, nothing to resume and nothing to leave.
+        for widget in (self.join_button, self.pause_button, self.leave_button, self.cost):
+            widget.setVisible(not finished and (widget is not self.cost or bool(self.cost.text())))
+        if finished:
+            self.until_cap.setVisible(False)
+            self.cap_box.setVisible(False)
+            self.progress.setVisible(False)
+        self.completion_card.setVisible(finished and self.session.completion is not None)
 
     def start(self) -> None:
         review = self.review
@@ -354,8 +498,8 @@ class FederationPage(Page):
             fingerprint = _two_lines(peer.fingerprint)
             if not peer.coordinator_agrees:
                 fingerprint += "\n⚠ differs from the fingerprint the coordinator reports"
-            values = (name, peer.status, "" if peer.rounds_included is None else str(peer.rounds_included),
-                      fingerprint)
+            values = (name, peer_status(view, peer.status),
+                      "" if peer.rounds_included is None else str(peer.rounds_included), fingerprint)
             for column, value in enumerate(values):
                 self.peers.setItem(row, column, QTableWidgetItem(value))
         self.peers.resizeRowsToContents()
@@ -363,6 +507,32 @@ class FederationPage(Page):
     def _say(self, text: str) -> None:
         self.messages.addItem(f"{datetime.now():%H:%M:%S}  {text}")
         self.messages.scrollToBottom()
+
+
+def peer_status(view: CoordinatorView, status: str) -> str:
+    """A hospital's state as of this view: once the federation finished, nobody is still "active"."""
+    if view.status == "finished" and status in ("active", "enrolled", "waiting"):
+        return "finished"
+    if view.status == "stopped" and status == "active":
+        return "stopped"
+    return status
+
+
+def escape_html(text: str) -> str:
+    from html import escape
+
+    return escape(text, quote=False)
+
+
+def _round_up(cost: float) -> float:
+    """A round cap at or just above ``cost``: 29.4 -> 30, 2.31 -> 2.4, 0.123 -> 0.13."""
+    import math
+
+    if cost >= 10:
+        return float(math.ceil(cost))
+    if cost >= 1:
+        return math.ceil(cost * 10) / 10
+    return max(0.01, math.ceil(cost * 100) / 100)
 
 
 def _two_lines(fingerprint: str) -> str:

@@ -8,7 +8,6 @@ from pathlib import Path
 from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
-    QFileDialog,
     QHBoxLayout,
     QHeaderView,
     QTableWidget,
@@ -17,7 +16,8 @@ from PySide6.QtWidgets import (
 )
 
 from gui.context import AppContext
-from gui.dialogs import show_error
+from gui.dialogs import saved, show_error
+from gui.file_dialogs import open_file, save_file
 from gui.model_jobs import SIGNATURE_COLORS, ModelEntry, home_of, scan_with_trust
 from gui.theme import colors
 from gui.widgets.common import Banner, KeyValueCard, button
@@ -34,8 +34,7 @@ def card_rows(entry: ModelEntry) -> list[tuple[str, object]]:
     privacy = "none (no differential privacy)"
     if card.epsilon is not None:
         privacy = f"ε = {card.epsilon:.3f} at δ = {card.delta:.2g} ({(card.accountant or '').upper()})"
-    validation = card.metrics.get("validation", card.metrics) if isinstance(card.metrics, dict) else {}
-    accuracy = validation.get("accuracy") if isinstance(validation, dict) else None
+    verdict = entry.assessment
     if not entry.signer_trusted:
         # Anyone can make a key and sign any card: the claims of an unknown signer prove nothing.
         privacy += " (unverified claim)"
@@ -49,7 +48,7 @@ def card_rows(entry: ModelEntry) -> list[tuple[str, object]]:
         ("Classes", ", ".join(card.classes)),
         ("Training mode", MODE_WORDS.get(card.mode, card.mode)),
         ("Privacy", privacy),
-        ("Accuracy (validation)", f"{accuracy:.3f}" if isinstance(accuracy, float | int) else None),
+        ("Held-out evaluation", _verdict_text(verdict)),
         ("Hospitals / rounds", f"{card.hospitals or '—'} / {card.rounds or '—'}"),
         ("Images", ", ".join(f"{k}: {v}" for k, v in card.image_counts.items())),
         ("Created", card.created),
@@ -57,6 +56,15 @@ def card_rows(entry: ModelEntry) -> list[tuple[str, object]]:
         ("Description", card.description),
     ]
     return rows
+
+
+def _verdict_text(verdict) -> str | None:
+    """The card's held-out evaluation in words (accuracy, κ, the baseline, whose images), or None."""
+    if verdict is None:
+        return None
+    if verdict.trustworthy:
+        return verdict.message
+    return f"{verdict.headline.upper()}: {verdict.message}"
 
 
 SIGNATURE_MEANING = {
@@ -187,15 +195,20 @@ class ModelsPage(Page):
         entry = self.selected()
         if entry is None:
             return
-        chosen, _ = QFileDialog.getSaveFileName(self, "Export the model", entry.path.name, "Dopamine model (*.dpm)")
-        if chosen:
-            self.context.runner.start(shutil.copy2, entry.path, Path(chosen), name="export model",
-                                      on_error=lambda e: show_error(self, e))
+        chosen = save_file(self, self.context.folders, "model", "Export the model", entry.path.name,
+                           "Dopamine model (*.dpm)")
+        if chosen is not None:
+            self.export_to(entry, chosen)
+
+    def export_to(self, entry: ModelEntry, chosen: Path) -> None:
+        self.context.runner.start(shutil.copy2, entry.path, Path(chosen), name="export model",
+                                  on_done=lambda _r: saved(self, chosen, "the model"),
+                                  on_error=lambda e: show_error(self, e))
 
     def add_model(self) -> None:
-        chosen, _ = QFileDialog.getOpenFileName(self, "Add a model file", str(Path.home()), "Dopamine model (*.dpm)")
-        if chosen:
-            self.context.runner.start(_import_model, Path(chosen), self.context.models_folder / "imported",
+        chosen = open_file(self, self.context.folders, "model", "Add a model file", "Dopamine model (*.dpm)")
+        if chosen is not None:
+            self.context.runner.start(_import_model, chosen, self.context.models_folder / "imported",
                                       name="add model", on_done=lambda _p: self.refresh(),
                                       on_error=lambda e: show_error(self, e))
 

@@ -316,6 +316,9 @@ class PrivacyPage(Page):
     def save_cap(self) -> None:
         try:
             delta = parse_delta(self.delta_edit.text())
+            if delta is None and (self.snapshot is None or self.snapshot.delta is None):
+                raise ConfigError("Type δ first (for example 1e-5, below 1 / the number of images): the cap "
+                                  "counts ε at this δ.")
         except ConfigError as exc:
             show_error(self, exc)
             return

@@ -316,12 +316,12 @@ class TrustedSigners(Card):
         self.remove_button.setEnabled(signer is not None and signer.kind == ADDED_BY_USER)
 
     def choose_model(self) -> None:
-        from PySide6.QtWidgets import QFileDialog
+        from gui.file_dialogs import open_file
 
-        chosen, _ = QFileDialog.getOpenFileName(self, "Trust the signer of a model file",
-                                                str(self.context.models_folder), "Dopamine models (*.dpm)")
-        if chosen:
-            self.add_from_model(Path(chosen))
+        chosen = open_file(self, self.context.folders, "model", "Trust the signer of a model file",
+                           "Dopamine models (*.dpm)", fallback=self.context.models_folder)
+        if chosen is not None:
+            self.add_from_model(chosen)
 
     def add_from_model(self, path: Path) -> None:
         """Read the file's signer on a worker, then ask the user to compare fingerprints and name it."""

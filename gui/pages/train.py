@@ -12,7 +12,6 @@ from PySide6.QtWidgets import (
     QButtonGroup,
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLineEdit,
@@ -23,8 +22,9 @@ from PySide6.QtWidgets import (
 )
 
 from core.errors import ConfigError
-from gui.context import AppContext
-from gui.dialogs import show_error
+from gui.context import AppContext, ExpectedImages
+from gui.dialogs import saved, show_error
+from gui.file_dialogs import save_file
 from gui.pages.data import serious_problems
 from gui.pages.privacy import parse_delta
 from gui.training_jobs import TrainingCost, estimate_training_cost, train_in_child
@@ -66,7 +66,7 @@ class TrainPage(Page):
 
         images = Card("Images")
         self.data_picker = PathPicker(folder=True, placeholder="Choose on the Data page, or here",
-                                      start_dir=Path(context.settings.data_folder))
+                                      memory=context.folders, purpose="images")
         images.body.addWidget(self.data_picker)
         self.data_note = label("", "muted")
         images.body.addWidget(self.data_note)
@@ -159,6 +159,7 @@ class TrainPage(Page):
         self.body.addLayout(result_buttons)
 
         self.result: Any = None
+        self.verdict: Any = None  # core.inference.assessment.ModelAssessment of the last model
         self.job = None
         self.last_cost: TrainingCost | None = None
         self._cost_job = None
@@ -179,10 +180,17 @@ class TrainPage(Page):
                        self.delta.editingFinished, self.mode.currentIndexChanged, self.by_epsilon.toggled):
             signal.connect(self._cost_timer.start)
         self.data_picker.path_chosen.connect(lambda _p: self._show_dataset())
+        self.image_size.currentIndexChanged.connect(lambda _i: self._tell_input_size())
+        self._tell_input_size()
         context.dataset_changed.connect(lambda _r: self._show_dataset())
         context.ledger_changed.connect(self._ledger_changed)
         self._show_dataset()
         self._mode_changed()
+
+    def _tell_input_size(self) -> None:
+        """The Data page counts small images at the input size chosen here (unless a federation's plan says)."""
+        self.context.set_expected_images("train", ExpectedImages(
+            size=int(self.image_size.currentData()), classes=None, source="the image size on Train locally"))
 
     def _ledger_changed(self) -> None:
         # While this page's own run charges the ledger, the preview waits for the run to end.
@@ -348,20 +356,34 @@ class TrainPage(Page):
         self.result_card.setVisible(True)
         for widget in (self.open_viewer_button, self.save_as_button, self.show_models_button):
             widget.setVisible(True)
-        self.status.show_message(f"Done. The signed model is saved as {Path(result.model_path).name} "
-                                 "and listed on the Models page.", "ok")
+        done = f"Done. The signed model is saved as {Path(result.model_path).name} and listed on the Models page."
+        self.status.show_message(done, "ok")
+        # Whether the model beat always answering the largest class, read from its signed card (on a worker).
+        self.context.runner.start(model_verdict, Path(result.model_path), name="model verdict",
+                                  on_done=lambda verdict: self._show_verdict(done, verdict))
         self.context.models_changed.emit()
         self.context.ledger_changed.emit()
+
+    def _show_verdict(self, done: str, verdict: Any) -> None:
+        self.verdict = verdict
+        if not verdict.trustworthy:
+            self.status.show_message(f"{done} <b>But: {verdict.headline}.</b> {verdict.message}", "error")
 
     def save_copy(self) -> None:
         if self.result is None:
             return
         source = Path(self.result.model_path)
-        chosen, _ = QFileDialog.getSaveFileName(self, "Save the model", source.name, "Dopamine model (*.dpm)")
-        if chosen:
-            target = Path(chosen) if chosen.endswith(".dpm") else Path(chosen + ".dpm")
-            self.context.runner.start(shutil.copy2, source, target, name="copy model",
-                                      on_error=lambda e: show_error(self, e))
+        chosen = save_file(self, self.context.folders, "model", "Save the model", source.name,
+                           "Dopamine model (*.dpm)")
+        if chosen is not None:
+            self.save_copy_to(chosen)
+
+    def save_copy_to(self, chosen: Path) -> None:
+        source = Path(self.result.model_path)
+        target = chosen if chosen.suffix == ".dpm" else chosen.with_name(chosen.name + ".dpm")
+        self.context.runner.start(shutil.copy2, source, target, name="copy model",
+                                  on_done=lambda _r: saved(self, target, "a copy of the model"),
+                                  on_error=lambda e: show_error(self, e))
 
 
 def _spin(low: int, high: int, value: int) -> QSpinBox:
@@ -378,3 +400,11 @@ def _dspin(low: float, high: float, value: float, *, decimals: int, step: float)
     widget.setSingleStep(step)
     widget.setValue(value)
     return widget
+
+
+def model_verdict(path: Path) -> Any:
+    """core.inference.assessment.assess on the card of the model just written (a worker job)."""
+    from core.inference.assessment import assess
+    from core.models.package import read_package
+
+    return assess(read_package(Path(path)).card)

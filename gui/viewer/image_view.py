@@ -1,16 +1,31 @@
-"""The Viewer's image: a zoomable, pannable view with the saliency heatmap over the region the model sees,
-and the frame stepper of multi-frame DICOM files."""
+"""The Viewer's image: a zoomable, pannable view with the saliency heatmap over the region the model sees
+(outlined, so a heatmap that covers only the centre is not mistaken for the whole image), a zoom readout,
+the heatmap's colour legend, a file name that elides in the middle, and the frame stepper of multi-frame
+DICOM files."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import QRectF, Qt, Signal
-from PySide6.QtGui import QImage, QKeyEvent, QPainter, QPixmap, QTransform, QWheelEvent
+from PySide6.QtCore import QRectF, QSize, Qt, Signal
+from PySide6.QtGui import (
+    QColor,
+    QFontMetrics,
+    QImage,
+    QKeyEvent,
+    QPainter,
+    QPen,
+    QPixmap,
+    QResizeEvent,
+    QTransform,
+    QWheelEvent,
+)
 from PySide6.QtWidgets import (
     QGraphicsPixmapItem,
+    QGraphicsRectItem,
     QGraphicsScene,
     QGraphicsView,
     QHBoxLayout,
     QLabel,
+    QSizePolicy,
     QWidget,
 )
 
@@ -35,6 +50,7 @@ class ImageView(QGraphicsView):
 
     navigate = Signal(int)
     navigate_frame = Signal(int)
+    zoom_changed = Signal(float)  # screen pixels per image pixel
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -46,13 +62,23 @@ class ImageView(QGraphicsView):
         self.heat_item.setTransformationMode(Qt.TransformationMode.SmoothTransformation)
         self.heat_item.setZValue(1)
         self.heat_item.setVisible(False)
+        # The region the model sees (resized and cropped from the image): a dashed outline over the image.
+        self.region_item = QGraphicsRectItem()
+        pen = QPen(QColor(255, 214, 0), 2, Qt.PenStyle.DashLine)
+        pen.setCosmetic(True)  # the same width at every zoom
+        self.region_item.setPen(pen)
+        self.region_item.setZValue(2)
+        self.region_item.setVisible(False)
         self.scene().addItem(self.image_item)
         self.scene().addItem(self.heat_item)
+        self.scene().addItem(self.region_item)
         self.setDragMode(QGraphicsView.DragMode.ScrollHandDrag)
         self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorUnderMouse)
         self.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
-        self.setMinimumSize(320, 280)
+        self.setMinimumSize(240, 160)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        self._fitted = True  # follow the view's size until the user zooms
         # Drops go to the page, which knows what to do with models, images and folders.
         self.setAcceptDrops(False)
         self.viewport().setAcceptDrops(False)
@@ -69,8 +95,24 @@ class ImageView(QGraphicsView):
         self.image_item.setPixmap(QPixmap.fromImage(image) if image is not None else QPixmap())
         self.heat_item.setPixmap(QPixmap())
         self.heat_item.setVisible(False)
+        self.region_item.setVisible(False)
         self.scene().setSceneRect(self.image_item.boundingRect())
         self.fit()
+
+    def set_region(self, box: tuple[float, float, float, float] | None) -> None:
+        """Outline (left, top, width, height) in image pixels: what the model sees; None hides it."""
+        if box is None or not self.has_image():
+            self.region_item.setVisible(False)
+            return
+        self.region_item.setRect(QRectF(*box))
+        self.region_item.setVisible(True)
+
+    @property
+    def region(self) -> tuple[float, float, float, float] | None:
+        if not self.region_item.isVisible():
+            return None
+        rect = self.region_item.rect()
+        return rect.x(), rect.y(), rect.width(), rect.height()
 
     def set_heatmap(self, heatmap: QImage | None, box: tuple[float, float, float, float] | None) -> None:
         if heatmap is None or box is None:
@@ -94,6 +136,8 @@ class ImageView(QGraphicsView):
         target = max(MIN_SCALE, min(MAX_SCALE, self.zoom_factor * factor))
         step = target / self.zoom_factor
         self.scale(step, step)
+        self._fitted = False
+        self.zoom_changed.emit(self.zoom_factor)
 
     def zoom_in(self) -> None:
         self.zoom(1.25)
@@ -103,10 +147,19 @@ class ImageView(QGraphicsView):
 
     def actual_size(self) -> None:
         self.setTransform(QTransform())
+        self._fitted = False
+        self.zoom_changed.emit(self.zoom_factor)
 
     def fit(self) -> None:
+        self._fitted = True
         if self.has_image():
             self.fitInView(QRectF(self.image_item.boundingRect()), Qt.AspectRatioMode.KeepAspectRatio)
+            self.zoom_changed.emit(self.zoom_factor)
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt override)
+        super().resizeEvent(event)
+        if self._fitted:  # a larger pane shows a larger image, until the user picks a zoom
+            self.fit()
 
     def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802 (Qt override)
         steps = event.angleDelta().y() / 120.0
@@ -165,3 +218,69 @@ class FrameStepper(QWidget):
         self.next_button.setEnabled(frame < frames - 1)
 
 
+
+
+class ZoomReadout(QLabel):
+    """The zoom as people read it: "Zoom 37%" (100% is one image pixel per screen pixel)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__("Zoom —", parent)
+        self.setToolTip("100% shows one image pixel per screen pixel")
+        self.setMinimumWidth(QFontMetrics(self.font()).horizontalAdvance("Zoom 4000%") + 6)
+
+    def show_zoom(self, factor: float) -> None:
+        self.setText(f"Zoom {factor * 100:.0f}%")
+
+
+class HeatmapLegend(QWidget):
+    """The heatmap's colours from "little" to "much" influence on the answer."""
+
+    def __init__(self, gradient: QImage, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(4)
+        bar = QLabel()
+        bar.setPixmap(QPixmap.fromImage(gradient).scaled(QSize(110, 10), Qt.AspectRatioMode.IgnoreAspectRatio,
+                                                        Qt.TransformationMode.SmoothTransformation))
+        bar.setToolTip("Heatmap colours: blue, little influence on the answer; red, much influence")
+        low, high = QLabel("low"), QLabel("high influence")
+        for word in (low, high):
+            word.setProperty("role", "muted")
+        layout.addWidget(low)
+        layout.addWidget(bar)
+        layout.addWidget(high)
+
+
+class ElidedLabel(QLabel):
+    """One line of plain text that shortens in the middle when narrow (the whole text is its tooltip), so a
+    long file name keeps its start and its end. ``text()`` is the whole text."""
+
+    def __init__(self, text: str = "", parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setTextFormat(Qt.TextFormat.PlainText)
+        self.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self._full = ""
+        self.set_full_text(text)
+
+    def set_full_text(self, text: str, tooltip: str | None = None) -> None:
+        self._full = text
+        self.setToolTip(tooltip if tooltip is not None else text)
+        self._elide()
+
+    def setText(self, text: str) -> None:  # noqa: N802 (Qt's name)
+        self.set_full_text(text)
+
+    def text(self) -> str:
+        return self._full
+
+    def full_text(self) -> str:
+        return self._full
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt override)
+        super().resizeEvent(event)
+        self._elide()
+
+    def _elide(self) -> None:
+        width = max(40, self.width())
+        super().setText(QFontMetrics(self.font()).elidedText(self._full, Qt.TextElideMode.ElideMiddle, width))

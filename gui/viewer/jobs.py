@@ -47,6 +47,7 @@ def analyse(path: Path, predictor=None, *, saliency: bool = False, identifying: 
         cancel.check()
         result.prediction = predictor.predict_image(
             image, file=str(path), frame=frame if result.frames > 1 else None, laterality=opened.info.laterality)
+        result.crop_box = predictor.crop_box(image.size, image)  # outlined: the region the model sees
         if saliency:
             cancel.check()
             result = add_saliency(result, predictor, image)
@@ -65,6 +66,17 @@ def add_saliency(result: Analysis, predictor, image=None) -> Analysis:
     saliency = predictor.saliency(image, target_index=target)
     return replace(result, saliency_method=saliency.method, heatmap=qimage(heatmap_image(saliency.heatmap)),
                    crop_box=predictor.crop_box(image.size, image))
+
+
+def legend_gradient(width: int = 256) -> QImage:
+    """The heatmap's colour scale from 0 (left) to 1 (right), as the heatmaps are coloured."""
+    import numpy as np
+
+    from core.inference import colorize
+
+    row = colorize(np.linspace(0.0, 1.0, width, dtype=np.float32)[None, :])
+    data = np.ascontiguousarray(np.repeat(row, 2, axis=0)).tobytes()
+    return QImage(data, width, 2, 3 * width, QImage.Format.Format_RGB888).copy()
 
 
 def run_batch_job(predictor, inputs: list[Path], *, progress, cancel, on_event=None):

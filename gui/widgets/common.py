@@ -103,6 +103,8 @@ class KeyValueCard(QGroupBox):
         self._values.clear()
         for key, value in rows:
             widget = label("—" if value is None or value == "" else str(value), selectable=True)
+            # Values come from files others wrote (model cards, plans): shown as text, never read as markup.
+            widget.setTextFormat(Qt.TextFormat.PlainText)
             self._values[key] = widget
             name = QLabel(key)
             name.setProperty("role", "muted")

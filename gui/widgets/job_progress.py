@@ -36,14 +36,19 @@ class JobProgress(QWidget):
         self.setVisible(False)
 
     def bind(self, handle: JobHandle, message: str = "Starting…") -> None:
+        """Follow ``handle``; a job bound earlier no longer moves the bar, and its end does not hide it."""
         self._handle = handle
         self.bar.setValue(0)
         self.message.setText(message)
         self.cancel_button.setEnabled(True)
         self.cancel_button.setText(self._cancel_text)
         self.setVisible(True)
-        handle.progress.connect(self.set_progress)
-        handle.finished.connect(self._finished)
+        handle.progress.connect(lambda fraction, text, h=handle: self._progress(h, fraction, text))
+        handle.finished.connect(lambda h=handle: self._finished(h))
+
+    def _progress(self, handle: JobHandle, fraction: float, message: str) -> None:
+        if handle is self._handle:
+            self.set_progress(fraction, message)
 
     def set_progress(self, fraction: float, message: str) -> None:
         self.bar.setValue(int(max(0.0, min(1.0, fraction)) * 1000))
@@ -61,6 +66,13 @@ class JobProgress(QWidget):
     def running(self) -> bool:
         return self._handle is not None and self._handle.running
 
-    def _finished(self) -> None:
+    def _finished(self, handle: JobHandle) -> None:
+        if handle is not self._handle:
+            return
+        # Done, failed or cancelled: nothing of this job stays on screen.
         self._handle = None
+        self.bar.setValue(0)
+        self.message.setText("")
+        self.cancel_button.setEnabled(True)
+        self.cancel_button.setText(self._cancel_text)
         self.setVisible(False)

@@ -1,4 +1,7 @@
-"""pyqtgraph plots that follow the app theme: live line plots and a labelled bar chart."""
+"""pyqtgraph plots that follow the app theme: live line plots and a labelled bar chart.
+
+Plots sit on scrolling pages, so they never take the mouse wheel (it scrolls the page) and cannot be
+zoomed or dragged away from their data; rounds and epochs get whole-number ticks."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import weakref
 import pyqtgraph as pg
 import shiboken6
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QWheelEvent
 from PySide6.QtWidgets import QWidget
 
 from gui.theme import Colors, colors
@@ -28,14 +32,26 @@ def restyle_all(theme: str) -> None:
             _plots.discard(plot)
 
 
+class CountAxis(pg.AxisItem):
+    """An axis of whole things (rounds, epochs): ticks only on whole numbers, at round steps (1, 2, 5, 10 ...)."""
+
+    def tickSpacing(self, minVal: float, maxVal: float, size: float):  # noqa: N802, N803 -- pyqtgraph's names
+        levels = [(spacing, 0) for spacing, _offset in super().tickSpacing(minVal, maxVal, size) if spacing >= 1]
+        return [(float(round(spacing)), 0) for spacing, _offset in levels] or [(1.0, 0)]
+
+
 class _ThemedPlot(pg.PlotWidget):
-    def __init__(self, title: str, y_label: str, x_label: str, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
+    def __init__(self, title: str, y_label: str, x_label: str, parent: QWidget | None = None, *,
+                 counted_x: bool = False) -> None:
+        super().__init__(parent, axisItems={"bottom": CountAxis("bottom")} if counted_x else None)
         self._title = title
         # Plots share pages with forms and tables: a steady height, never the whole page.
         self.setMinimumHeight(200)
         self.setMaximumHeight(280)
         self.setMenuEnabled(False)
+        # The data decide the view: no dragging or zooming it away from them.
+        self.setMouseEnabled(x=False, y=False)
+        self.hideButtons()
         self.setLabel("left", y_label)
         self.setLabel("bottom", x_label)
         self.showGrid(x=True, y=True, alpha=0.15)
@@ -43,6 +59,9 @@ class _ThemedPlot(pg.PlotWidget):
             self.getAxis(axis).enableAutoSIPrefix(False)
         _plots.add(self)
         self.restyle(_current)
+
+    def wheelEvent(self, event: QWheelEvent) -> None:  # noqa: N802 (Qt override)
+        event.ignore()  # the page scrolls
 
     def restyle(self, c: Colors) -> None:
         self.setBackground(c.plot_background)
@@ -61,7 +80,7 @@ class LivePlot(_ThemedPlot):
         self._curves: dict[str, pg.PlotDataItem] = {}
         self._data: dict[str, tuple[list[float], list[float]]] = {}
         self._limits: dict[str, pg.InfiniteLine] = {}
-        super().__init__(title, y_label, x_label, parent)
+        super().__init__(title, y_label, x_label, parent, counted_x=x_label in ("epoch", "round", "step"))
         self._legend = self.addLegend(offset=(-10, 10))
         if y_range is not None:  # e.g. accuracy: always 0..1, so a flat line is not mistaken for a trend
             self.setYRange(*y_range, padding=0.05)

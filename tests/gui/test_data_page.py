@@ -24,7 +24,9 @@ def test_a_folder_with_a_corrupt_file_lists_the_problem(window, qtbot, image_fol
     assert rows[0][1] == "Damaged (file cut short)" and "truncated" in rows[0][2]
     assert page.summary.kind == "warning"
     assert "20 of 21 files can be used" in page.summary.text() and "1 problem(s) found" in page.summary.text()
-    assert "20 image(s) are smaller than 224 px and will be enlarged" in page.summary.text()
+    # One line for the small images, at the model input the Train page is set to (224 px by default).
+    assert "20 image(s) are smaller than the model input of 224 px (the smallest: 40 px)" in page.summary.text()
+    assert [table.item(r, 1).text() for r in range(table.rowCount())].count("Small image (used, enlarged)") == 1
 
     assert page.chart.counts() == {"No DR": 10, "Mild": 0, "Moderate": 10, "Severe": 0, "Proliferative DR": 0}
     assert "No images for: Mild, Severe, Proliferative DR" in page.balance_note.text()

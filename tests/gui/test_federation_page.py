@@ -113,6 +113,10 @@ def test_a_real_two_hospital_federation_advances_round_by_round(window, qtbot, f
     assert page.review.epsilon_cost == pytest.approx(spent[-1], rel=1e-6)
     assert page.metrics_plot.series("shared model accuracy")[0][-1] == ROUNDS
     assert not page.join_button.isEnabled()  # finished: nothing to join
+    # The completion card, at once, with the final evaluation and the model to open; nothing still to pay.
+    assert page.completion_card.isVisibleTo(page) and page.open_final_button.isEnabled()
+    assert page.completion_rows.value("Test images") == "12, held by the coordinator"
+    assert not page.cost.isVisibleTo(page) and not page.leave_button.isVisibleTo(page)
     with PrivacyLedger(window.context.ledger_path) as ledger:
         assert len(ledger.entries()) == ROUNDS  # one charge per round
 
@@ -121,6 +125,7 @@ def test_a_real_two_hospital_federation_advances_round_by_round(window, qtbot, f
     assert all(peer.coordinator_agrees for peer in page.view.peers)
     assert [p.is_this_hospital for p in page.view.peers] == [True, False]
     assert page.peers.item(0, 3).text().split() == page.my_fingerprint.split()
+    assert {page.peers.item(r, 1).text() for r in range(2)} == {"finished"}
     assert "Finished" in window.pages["home"].federation_label.text() or \
         "finished" in window.pages["home"].federation_label.text()
 

@@ -72,7 +72,8 @@ def test_models_are_listed_with_their_signature_status(window, qtbot, tmp_path, 
     row = [e.path.name for e in page.entries].index("good.dpm")
     page.table.selectRow(row)
     assert page.details.value("Privacy") == "ε = 3.500 at δ = 1e-05 (RDP)"
-    assert page.details.value("Accuracy (validation)") == "0.750"
+    assert page.details.value("Held-out evaluation") == (
+        "On the training hospital's held-out validation images, this model scored accuracy 0.750.")
     assert page.open_button.isEnabled()
 
     opened = []

@@ -91,6 +91,18 @@ def test_a_bad_delta_is_explained(window, qtbot):
     assert box is not None and "not a number" in box.text()
 
 
+def test_a_cap_without_any_delta_asks_for_one_in_plain_words(window, qtbot):
+    page = window.show_page("privacy")
+    _wait_snapshot(qtbot, page, exists=False)
+    page.delta_edit.setText("")
+    page.save_cap()
+    from PySide6.QtWidgets import QMessageBox
+
+    box = window.findChild(QMessageBox, "errorDialog")
+    assert box is not None and "Type δ first" in box.text() and ".sqlite" not in box.text()
+    assert not window.context.ledger_path.exists()  # nothing written
+
+
 def test_lowering_the_cap_below_what_was_spent_is_allowed_and_said(window, qtbot):
     from core.audit import read_audit_log
 

@@ -202,15 +202,19 @@ def test_batch_run_table_and_export(qtbot, page, model_path, images, tmp_path, e
     assert page.batch_table.rowCount() == 4
     names = [page.batch_table.item(r, 0).text() for r in range(4)]
     assert names == ["img0.png", "img1.png", "img2.png", "zz_broken.png"]
-    assert "zz_broken.png" in page.batch_table.item(3, 5).text()
-    assert page.batch_table.item(0, 1).text() in DR_CLASSES
+    column = page.BATCH_COLUMNS.index
+    assert "zz_broken.png" in page.batch_table.item(3, column("Problem")).text()
+    # The test model's card has no evaluation: every answer says so.
+    assert page.batch_table.item(0, column("Prediction")).text().removesuffix(" [NOT VALIDATED]") in DR_CLASSES
+    assert page.batch_table.item(0, column("Grade folder")).text() == "images"
+    assert page.batch_table.item(0, column("True label")).text() == ""  # "images" is no grade
     assert page.export_csv_button.isEnabled() and page.export_html_button.isEnabled()
 
     page.export_csv(tmp_path / "out.csv")
     qtbot.waitUntil(lambda: (tmp_path / "out.csv").exists(), timeout=WAIT_MS)
     rows = list(csv.DictReader(io.StringIO((tmp_path / "out.csv").read_text())))
     assert len(rows) == 4 and rows[0]["model_sha256"] == page.predictor.sha256 and rows[0]["signer_trusted"] == "true"
-    assert page.batch_table.item(0, 4).text() == "trusted"
+    assert page.batch_table.item(0, column("Model signer")).text() == "trusted"
     page.export_html(tmp_path / "out.html")
     qtbot.waitUntil(lambda: (tmp_path / "out.html").exists(), timeout=WAIT_MS)
     assert (tmp_path / "out.html").read_text().count("data:image/jpeg;base64,") == 6

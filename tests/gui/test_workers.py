@@ -76,7 +76,7 @@ def test_cancel_is_a_normal_end(qtbot, runner):
 
     handle = runner.start(slow, on_cancelled=lambda: outcomes.append("cancelled"),
                           on_error=lambda e: outcomes.append(e))
-    assert started.wait(5)
+    qtbot.waitUntil(started.is_set, timeout=5000)  # jobs start once the event loop runs again
     assert handle in runner.active
     handle.cancel()
     qtbot.waitUntil(lambda: not handle.running, timeout=5000)
@@ -102,3 +102,37 @@ def test_plain_callables_get_no_job_keywords(qtbot, runner):
     handle = runner.start(sorted, [3, 1, 2], on_done=results.append)
     qtbot.waitUntil(lambda: not handle.running, timeout=5000)
     assert results == [[1, 2, 3]]
+
+
+def test_a_job_that_fails_at_once_still_reaches_what_is_connected_after_start(qtbot, runner):
+    """The Data page's stuck "Checking images… [Cancel]": a job failing before the page connected its
+    progress bar to ``finished`` left the bar on screen."""
+    from gui.widgets.job_progress import JobProgress
+
+    def broken():
+        raise ValueError("no such folder")
+
+    for _ in range(20):  # the race needed the worker to win; repeat to give it every chance
+        progress = JobProgress()
+        qtbot.addWidget(progress)
+        handle = runner.start(broken, on_error=lambda e: None)
+        ended: list[bool] = []
+        handle.finished.connect(lambda seen=ended: seen.append(True))
+        progress.bind(handle, "Checking images…")
+        qtbot.waitUntil(lambda seen=ended: bool(seen), timeout=5000)
+        assert not progress.isVisible() and progress.bar.value() == 0 and progress.message.text() == ""
+
+
+def test_the_status_line_names_only_jobs_that_run_a_while(window, qtbot):
+    """Sub-second jobs (a ledger read, a dashboard poll every 1.5 s) must not make the status line flicker."""
+    import time as _time
+
+    runner = window.context.runner
+    quick = runner.start(lambda: None, name="quick")
+    qtbot.waitUntil(lambda: not quick.running, timeout=5000)
+    assert window.status_label.text() == ""
+    slow = runner.start(lambda cancel: [(_time.sleep(0.05), cancel.check()) for _ in range(200)], name="slow")
+    assert window.status_label.text() == ""  # not yet: it may end at once
+    qtbot.waitUntil(lambda: "1 task(s) running" in window.status_label.text(), timeout=5000)
+    slow.cancel()
+    qtbot.waitUntil(lambda: window.status_label.text() == "", timeout=5000)

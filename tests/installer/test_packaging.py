@@ -149,3 +149,38 @@ def test_install_sh_never_deletes_a_folder_that_is_not_an_installation(tmp_path)
         done = run_install(top, tmp_path, *args, prefix=precious)
         assert done.returncode == 1 and "not a Dopamine installation" in done.stderr
         assert (precious / "notes.txt").read_text() == "keep"
+
+
+def test_install_sh_names_missing_system_libraries_with_install_lines(tmp_path):
+    top = unpacked_archive(tmp_path)
+    plugin = top / "Dopamine" / "_internal" / "PySide6" / "Qt" / "plugins" / "platforms" / "libqxcb.so"
+    plugin.parent.mkdir(parents=True)
+    plugin.write_bytes(b"")
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "ldd").write_text("#!/bin/sh\nprintf '\\tlibxcb.so.1 => not found\\n\\tlibEGL.so.1 => not found\\n"
+                              "\\tlibxcb.so.1 => not found\\n\\tlibodd.so.3 => not found\\n"
+                              "\\tlibc.so.6 => /lib/libc.so.6 (0x1)\\n'\n")
+    (fake / "ldd").chmod(0o755)
+    env = {"PATH": f"{fake}:{os.environ['PATH']}", "HOME": str(tmp_path / "home"), "PREFIX": str(tmp_path / "opt"),
+           "BIN_DIR": str(tmp_path / "bin"), "DATA_DIR": str(tmp_path / "share")}
+    done = subprocess.run(["bash", str(top / "install.sh")], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr  # installed anyway: the app says the same when started
+    assert "lacks: libEGL.so.1 libodd.so.3 libxcb.so.1" in done.stderr
+    assert "Debian/Ubuntu:  sudo apt-get install libegl1 libxcb1" in done.stderr
+    assert "Fedora:         sudo dnf install libglvnd-egl libxcb" in done.stderr
+    assert "provides libodd.so.3" in done.stderr
+
+
+def test_install_sh_is_quiet_when_the_real_plugin_finds_everything(tmp_path):
+    """The real Qt X11 plug-in beside the real Qt libraries, with the system libraries `make setup` installs."""
+    from launcher.platform_check import plugin_folder
+
+    real = plugin_folder()
+    top = unpacked_archive(tmp_path)
+    qt = top / "Dopamine" / "_internal" / "PySide6" / "Qt"
+    (qt / "plugins" / "platforms").mkdir(parents=True)
+    (qt / "plugins" / "platforms" / "libqxcb.so").write_bytes((real / "libqxcb.so").read_bytes())
+    (qt / "lib").symlink_to(real.parent.parent / "lib")
+    done = run_install(top, tmp_path)
+    assert done.returncode == 0 and "warning" not in done.stderr, done.stderr

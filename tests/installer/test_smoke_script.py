@@ -39,26 +39,39 @@ esac
 """
 
 
+# Stands in for the Python that runs installer/real_x.py (the real one is tested in test_real_x.py): it
+# checks it is given real_x.py and the bundle's executable, and answers as real_x.py does.
+FAKE_REAL_X = r"""#!/usr/bin/env bash
+[[ $1 == */installer/real_x.py && $2 == --out && $4 == -- && -x $5 ]] || { echo "bad call: $*" >&2; exit 7; }
+[[ ${FAKE_BREAK:-} == gui-real-x ]] && { echo 'DOPAMINE_REAL_X failed: qt.qpa.plugin: xcb' >&2; exit 1; }
+echo "DOPAMINE_REAL_X ok: window 'Dopamine' shown"
+"""
+
+
 @pytest.fixture
 def fake_app(tmp_path):
     path = tmp_path / "bundle" / "dopamine"
     path.parent.mkdir()
     path.write_text(FAKE_APP)
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    python = tmp_path / "bundle-python"
+    python.write_text(FAKE_REAL_X)
+    python.chmod(python.stat().st_mode | stat.S_IXUSR)
     return path
 
 
 def smoke(executable, **env):
+    python = Path(executable).parent.parent / "bundle-python"
     return subprocess.run(["bash", str(SMOKE), str(executable)], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **env, "SMOKE_GUI_MS": "10"})
+                          env={**os.environ, **env, "SMOKE_GUI_MS": "10", "SMOKE_PYTHON": str(python)})
 
 
 def test_a_healthy_app_passes(fake_app):
     done = smoke(fake_app)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "smoke test passed: 11 steps"
+    assert done.stdout.strip().splitlines()[-1] == "smoke test passed: 12 steps"
     for name in ("version", "privacy", "demo-data", "train", "predict", "dicom-write", "dicom-decode", "module-alias",
-                 "child-job", "simulate", "gui"):
+                 "child-job", "simulate", "gui", "gui-real-x"):
         assert f"ok   {name} " in done.stdout
 
 
@@ -72,6 +85,7 @@ def test_a_healthy_app_passes(fake_app):
     ("gui:silent", "FAIL gui: the output lacks"),
     ("predict:silent", "FAIL predict: no DR grade"),
     ("demo-data:silent", "FAIL predict: demo-data wrote no test image"),
+    ("gui-real-x", "FAIL gui-real-x: exit code 1"),
 ])
 def test_a_broken_step_fails_the_test(fake_app, broken, message):
     done = smoke(fake_app, FAKE_BREAK=broken)

@@ -118,3 +118,21 @@ def test_every_dicom_decoder_plugin_the_app_depends_on_is_bundled():
 
     for distribution in wanted:  # installed, with the metadata copy_metadata bundles
         assert metadata.version(distribution)
+
+
+def test_the_bundle_carries_the_x11_libraries_qt_needs_and_pyinstaller_would_collect():
+    """What a plain desktop lacks for Qt's X11 plug-in is in the bundle: each is a dependency of the plug-in,
+    PyInstaller does not exclude it, and the spec does not trim it (the build fails if one is missing)."""
+    import subprocess
+
+    from PyInstaller.depend.dylib import include_library
+
+    from launcher.platform_check import plugin_folder
+
+    carried = spec_constant("BUNDLED_X11_LIBS")
+    needed = subprocess.run(["ldd", str(plugin_folder() / "libqxcb.so")], capture_output=True, text=True).stdout
+    assert {"libxcb-icccm.so.4", "libxcb-keysyms.so.1", "libxcb-cursor.so.0"} <= set(carried)
+    for name in carried:
+        assert f"{name} =>" in needed, f"{name} is not a dependency of Qt's xcb plug-in"
+        assert include_library(name), f"PyInstaller would not collect {name}"
+        assert not is_trimmed(name)

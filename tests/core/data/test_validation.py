@@ -69,10 +69,12 @@ def test_json_and_text(messy):
 
 
 def test_text_lists_at_most_a_few_per_kind(tmp_path, write_image):
-    for i in range(30):
-        write_image(tmp_path / "0" / f"s{i}.png", size=(20, 20), seed=i)
+    for i in range(31):  # one image and 30 copies of it
+        write_image(tmp_path / "0" / f"s{i}.png", size=(20, 20), seed=0)
     text = validate(tmp_path, min_size=32).to_text(max_listed=5)
     assert "and 25 more" in text
+    # Small images are one line, however many there are.
+    assert "1 image(s) are smaller than the model input of 32 px" in text and "upscaled" not in text
 
 
 def test_csv_layout_report(tmp_path, write_image):

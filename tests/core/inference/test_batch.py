@@ -42,8 +42,8 @@ def test_batch_csv_holds_every_file_with_probabilities_and_model_hash(package_pa
     rows = read_csv(csv_path)
     classes = ["No DR", "Mild", "Moderate", "Severe", "Proliferative DR"]
     assert list(rows[0]) == ["file", "frame", "laterality", "predicted_class", *(f"p_{c}" for c in classes),
-                             "referable_dr_probability", "model_sha256", "signature_verified", "signer_trusted",
-                             "signer_fingerprint", "error"]
+                             "referable_dr_probability", "model_validation", "model_sha256", "signature_verified",
+                             "signer_trusted", "signer_fingerprint", "input_warnings", "error"]
     assert len(rows) == 5
     by_name = {row["file"].rsplit("/", 1)[-1]: row for row in rows}
     assert set(by_name) == GOOD | {"broken.png"}
@@ -55,6 +55,7 @@ def test_batch_csv_holds_every_file_with_probabilities_and_model_hash(package_pa
             assert float(row[f"p_{c}"]) == pytest.approx(expected.probabilities[c], abs=1e-6)
         assert float(row["referable_dr_probability"]) == pytest.approx(expected.referable_dr_probability, abs=1e-6)
         assert row["model_sha256"] == sha and row["signature_verified"] == "true" and row["error"] == ""
+        assert row["model_validation"] == "validated"  # the test card's kappa 0.55 is above chance
         # The test key is nobody this (empty) hospital home trusts: valid, but the signer is unknown.
         assert row["signer_trusted"] == "false" and row["signer_fingerprint"] == predictor.signer_fingerprint
     broken = by_name["broken.png"]

@@ -50,6 +50,13 @@ def test_cdp_run_charges_the_ledger_with_the_accountants_epsilon(tiny_data, tmp_
     assert package.card.mode == "cdp"
     assert package.card.epsilon == pytest.approx(expected)
     assert package.card.noise_multiplier == 1.0
+    # The validation figures in the signed card: baseline, test set, reference, and what epsilon does not cover.
+    validation = package.card.metrics["validation"]
+    assert validation["accuracy"] == pytest.approx(result.metrics["accuracy"])
+    assert validation["majority_baseline"] == pytest.approx(result.majority_baseline)
+    assert validation["images"] == result.val_images == validation["test_set"]["images"]
+    assert validation["test_set"]["held_by"] == "the training hospital"
+    assert "not cover" in validation["release_note"] and validation["reference"]["width_median"] == 48.0
     assert Path(result.log_path).read_text().count("epoch") >= 2
     # Everything in the hospital home: run log, image cache, and the home's identity key signs the model.
     home = tmp_path / "home"
