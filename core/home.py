@@ -8,6 +8,9 @@
     HOME/runs/                      local training runs (logs)
     HOME/models/                    models trained here
     HOME/federations/<name>-<federation id>-<hospital id>/   one folder per federation joined
+    HOME/coordinators/<name>-<federation id>/   one folder per federation this site hosts (the lead site's
+                                    coordinator: plan, CA, state, models; core.federation.layout)
+    HOME/comparisons/<settings hash>/   mode comparisons run from the app (`dopamine compare` output)
     HOME/cache/images/              decoded, resized copies of the hospital's images (safe to delete)
 
 The default is the platform's per-user data folder (``core.paths.data_dir()``, which DOPAMINE_HOME
@@ -76,6 +79,16 @@ class HospitalHome:
         return self.root / "federations"
 
     @property
+    def coordinators(self) -> Path:
+        """The federations this site hosts as their coordinator, one folder each (``coordinator_dir``)."""
+        return self.root / "coordinators"
+
+    @property
+    def comparisons(self) -> Path:
+        """What `dopamine compare` runs from the app keep: one folder per set of settings."""
+        return self.root / "comparisons"
+
+    @property
     def cache(self) -> Path:
         return self.root / "cache"
 
@@ -86,6 +99,10 @@ class HospitalHome:
     def federation_dir(self, federation_name: str, federation_id: str, hospital_id: str) -> Path:
         """This hospital's folder for one federation (state, CA, received models, pending uploads)."""
         return self.federations / f"{_safe(federation_name)}-{federation_id}-{hospital_id}"
+
+    def coordinator_dir(self, federation_name: str, federation_id: str) -> Path:
+        """The folder of a federation this site hosts: what ``dopamine coordinator init`` writes and ``serve`` reads."""
+        return self.coordinators / f"{_safe(federation_name)}-{federation_id}"
 
     def ensure(self) -> HospitalHome:
         """Create the folder (owner-only: it holds the ledger and the identity key)."""

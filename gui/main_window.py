@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from PySide6.QtCore import QByteArray, QSize, Qt
+from PySide6.QtCore import QByteArray, QSize, Qt, QTimer
 from PySide6.QtGui import QCloseEvent
 from PySide6.QtWidgets import (
     QApplication,
@@ -21,9 +22,11 @@ from PySide6.QtWidgets import (
 from gui.context import AppContext
 from gui.dialogs import confirm, show_error
 from gui.pages.activity import ActivityPage
+from gui.pages.compare import ComparePage
 from gui.pages.data import DataPage
 from gui.pages.federation import FederationPage
 from gui.pages.home import HomePage
+from gui.pages.host import HostPage
 from gui.pages.models import ModelsPage
 from gui.pages.privacy import PrivacyPage
 from gui.pages.settings import SettingsPage
@@ -33,13 +36,17 @@ from gui.theme import apply_theme, colors
 from gui.widgets.common import Banner
 from gui.widgets.plots import restyle_all
 
+STATUS_AFTER_S = 1.0  # a background job is named in the status line once it has run this long
+
 # (key, navigation label, icon name). The order is the order of the navigation list.
 NAVIGATION = (
     ("home", "Home", "home"),
     ("data", "Data", "data"),
     ("train", "Train locally", "train"),
     ("federation", "Federation", "federation"),
+    ("host", "Host a federation", "host"),
     ("privacy", "Privacy", "privacy"),
+    ("compare", "Compare modes", "compare"),
     ("models", "Models", "models"),
     ("viewer", "Viewer", "viewer"),
     ("settings", "Settings", "settings"),
@@ -47,8 +54,9 @@ NAVIGATION = (
 )
 
 PAGE_CLASSES = {
-    "home": HomePage, "data": DataPage, "train": TrainPage, "federation": FederationPage,
-    "privacy": PrivacyPage, "models": ModelsPage, "settings": SettingsPage, "activity": ActivityPage,
+    "home": HomePage, "data": DataPage, "train": TrainPage, "federation": FederationPage, "host": HostPage,
+    "privacy": PrivacyPage, "compare": ComparePage, "models": ModelsPage, "settings": SettingsPage,
+    "activity": ActivityPage,
 }
 
 
@@ -195,8 +203,13 @@ class MainWindow(QMainWindow):
         if opener is not None:
             opener(Path(path))
 
-    def _update_status(self, _handle: object = None) -> None:
-        jobs = self.context.runner.active
+    def _update_status(self, handle: object = None) -> None:
+        """Names only jobs that have run for a while: the many sub-second ones (a ledger read, a dashboard
+        poll) would make the line flicker."""
+        now = time.monotonic()
+        jobs = [job for job in self.context.runner.active if now - job.started >= STATUS_AFTER_S]
+        if handle is not None and getattr(handle, "running", False):
+            QTimer.singleShot(int(STATUS_AFTER_S * 1000) + 50, self, self._update_status)
         if not jobs:
             self.status_label.setText("")
         else:

@@ -1,5 +1,5 @@
-"""``dopamine coordinator init|serve|status``, ``dopamine join``, ``dopamine leave``, ``dopamine simulate``,
-``dopamine audit verify``."""
+"""``dopamine coordinator init|serve|start|stop|pause|resume|status|backup|restore``, ``dopamine join``,
+``dopamine leave``, ``dopamine simulate``, ``dopamine audit verify``."""
 
 from __future__ import annotations
 
@@ -71,19 +71,45 @@ def register(subparsers) -> None:
     init.add_argument("--eval-every", type=int, help="evaluate every N rounds (and after the last)")
     init.add_argument("--hospital-name", action="append", dest="hospital_names",
                       help="name of each hospital, in order (repeat; default hospital-01, ...)")
+    init.add_argument("--invitations", type=Path, metavar="DIR",
+                      help="write the invitations and their printable sheets to DIR (default: FOLDER/invitations)")
     init.add_argument("--json", action="store_true")
     init.set_defaults(func=_init)
 
-    serve = sub.add_parser("serve", help="run the coordinator (HTTPS) until interrupted")
+    serve = sub.add_parser("serve", help="run the coordinator (HTTPS) until SIGTERM or Ctrl+C, then stop gracefully")
     serve.add_argument("folder", type=Path)
     serve.add_argument("--host", help="address to listen on (default: from coordinator.toml)")
     serve.add_argument("--port", type=int, help="port to listen on (default: from coordinator.toml)")
     serve.set_defaults(func=_serve)
 
+    start = sub.add_parser("start", help="start `serve` in the background (as the app does) and wait until it answers")
+    start.add_argument("folder", type=Path)
+    start.set_defaults(func=_start)
+    stop = sub.add_parser("stop", help="stop a coordinator serving FOLDER (SIGTERM: graceful; it resumes when started again)")
+    stop.add_argument("folder", type=Path)
+    stop.set_defaults(func=_stop)
+    pause = sub.add_parser("pause", help="hold the federation: the round in progress finishes, the next waits")
+    pause.add_argument("folder", type=Path)
+    pause.set_defaults(func=_pause)
+    resume = sub.add_parser("resume", help="let a paused federation go on")
+    resume.add_argument("folder", type=Path)
+    resume.set_defaults(func=_resume)
+
     status = sub.add_parser("status", help="rounds, phase, hospitals and last metrics of a federation")
     status.add_argument("folder", type=Path)
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=_status)
+
+    backup = sub.add_parser("backup", help="back up a coordinator folder (safe while it serves; the file holds its keys)")
+    backup.add_argument("folder", type=Path)
+    backup.add_argument("out", type=Path, nargs="?",
+                        help="the backup file (default: beside FOLDER, named after its round and the time)")
+    backup.add_argument("--json", action="store_true")
+    backup.set_defaults(func=_backup)
+    restore = sub.add_parser("restore", help="restore a backup into FOLDER (stopped); refused if FOLDER went further")
+    restore.add_argument("backup", type=Path)
+    restore.add_argument("folder", type=Path)
+    restore.set_defaults(func=_restore)
 
     join = subparsers.add_parser("join", help="take part in a federation with this hospital's images")
     join.add_argument("invitation", type=Path, help="the invitation file from the coordinator")
@@ -148,11 +174,13 @@ def _init(args: argparse.Namespace) -> int:
         server_optimizer=args.server_optimizer, server_lr_schedule=args.server_lr_schedule, delta=args.delta,
         accountant=args.accountant, secagg=args.secagg, update_bound=args.update_bound, seed=args.seed,
         eval_data=args.eval_data, eval_every=args.eval_every, hospital_names=args.hospital_names,
+        invitations_dir=args.invitations,
     ))
     if args.json:
         print(json.dumps({"folder": str(result.folder), "coordinator_url": result.coordinator_url,
                           "invitations": [str(p) for p in result.invitations], "plan": result.plan.to_dict(),
-                          "plan_hash": result.plan_hash, "ca_fingerprint": result.ca_fingerprint}, indent=2))
+                          "plan_hash": result.plan_hash, "ca_fingerprint": result.ca_fingerprint,
+                          "sheets": [str(p) for p in result.sheets]}, indent=2))
         return 0
     print("\n".join(result.plan.summary_lines()))
     print(f"Coordinator URL: {result.coordinator_url}")
@@ -161,6 +189,9 @@ def _init(args: argparse.Namespace) -> int:
     print("Invitations (each is a secret until used; hand one to each hospital):")
     for path in result.invitations:
         print(f"  {path}")
+    print("Printable sheets with the CA fingerprint (no secret; hand them over separately):")
+    for path in result.sheets:
+        print(f"  {path}")
     print(f"Start it with: dopamine coordinator serve {result.folder}")
     return 0
 
@@ -168,16 +199,82 @@ def _init(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from core.federation.server import serve
 
-    print(f"Serving the federation in {args.folder} (Ctrl+C to stop).", file=sys.stderr)
+    print(f"Serving the federation in {args.folder} (Ctrl+C or SIGTERM stops it gracefully).", file=sys.stderr)
     serve(args.folder, host=args.host, port=args.port)
     return 0
 
 
+def _start(args: argparse.Namespace) -> int:
+    from core.federation.service import CoordinatorService
+
+    state = CoordinatorService(args.folder).start()
+    print(f"The coordinator serves {state.url} in the background (process {state.pid}); "
+          f"stop it with: dopamine coordinator stop {args.folder}")
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from core.federation.service import CoordinatorService
+
+    stopped = CoordinatorService(args.folder).stop()
+    print("The coordinator stopped; the federation resumes where it was when it is started again." if stopped
+          else "No coordinator is running for this folder.")
+    return 0
+
+
+def _pause(args: argparse.Namespace) -> int:
+    from core.federation.service import CoordinatorService
+
+    CoordinatorService(args.folder).pause()
+    print("Paused: the round in progress finishes, the next one waits at its start (nothing is charged "
+          f"while it waits). Resume with: dopamine coordinator resume {args.folder}")
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from core.federation.service import CoordinatorService
+
+    CoordinatorService(args.folder).resume()
+    print("Resumed: the next round goes on.")
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
+    from core.federation.service import host_status, host_status_lines
     from core.federation.status import read_status, status_text
 
     status = read_status(args.folder)
-    print(json.dumps(status, indent=2) if args.json else status_text(status))
+    host = host_status(args.folder)
+    if args.json:
+        print(json.dumps({**status, "host": host.to_dict()}, indent=2))
+    else:
+        print(status_text(status))
+        print("\n".join(host_status_lines(host)))
+    return 0
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from core.federation.backup import backup
+
+    info = backup(args.folder, args.out)
+    if args.json:
+        print(json.dumps({"path": str(info.path), "federation_id": info.federation_id, "model_round": info.model_round,
+                          "round": info.round, "attempt": info.attempt, "status": info.status,
+                          "created": info.created, "files": info.files, "bytes": info.size}, indent=2))
+    else:
+        print(f"Backed up {info.describe()}: {info.path} ({info.size} bytes). It holds the federation's keys: "
+              "keep it as safe as the folder.")
+    return 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from core.federation.backup import restore
+
+    info, moved = restore(args.backup, args.folder)
+    print(f"Restored {info.describe()} into {args.folder}.")
+    if moved is not None:
+        print(f"The folder's previous content is in {moved}.")
+    print("If the federation went on after this backup, its hospitals refuse the rounds they already took part in.")
     return 0
 
 

@@ -5,7 +5,7 @@ Agreement:
   roster        the hospitals that may hold shares, fixed and signed by the hospitals; round parameters
   invitation    invitation files (URL, CA, one-time token, plan); read_invitation
   tls           the federation CA and the coordinator's certificate
-  layout        the federation folder and `coordinator init`
+  layout        the federation folder and `coordinator init`; invitation_sheet: a printable page per hospital
 Wire:
   protocol      routes, round steps and the typed JSON views both sides exchange
   auth          Ed25519 request signing and verification (replay-proof)
@@ -17,6 +17,8 @@ The coordinator:
   round_state   its persisted state; round_machine: when to move on (pure)
   aggregation   secure or plain aggregation per mode; publisher: model, optimizer, card, evaluation
   presence, store, server_optimizer, weights, status
+  service       the coordinator as a background process (start, pause, stop, find again) and its live status
+  backup        `coordinator backup` (safe while serving) and `restore` (never back past the folder's state)
 The hospital:
   client        `dopamine join`/`leave` as jobs: run(JoinConfig, progress=, cancel=, on_event=)
   hospital_round  the steps of one round attempt; membership: its folder in the hospital home

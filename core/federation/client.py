@@ -38,6 +38,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.audit import AuditLog
 from core.config import atomic_write_bytes
@@ -68,11 +69,16 @@ from core.federation.hospital_round import HospitalRound
 from core.federation.invitation import Invitation, read_invitation
 from core.federation.membership import MembershipFolder, membership_folder, roster_matches
 from core.federation.plan import FederationPlan, threat_model_text
-from core.federation.protocol import PeerInfo, PublicStatus, RoundContext, StateView, Status, Step, steps_for
+from core.federation.protocol import PeerInfo, PublicStatus, RoundContext, StateView, Status, steps_for
 from core.home import HospitalHome
 from core.jobs import NEVER_CANCELLED, CancelToken, ProgressFn, no_progress
 
 __all__ = ["JoinConfig", "JoinResult", "leave", "membership_folder", "peers", "read_invitation", "run", "status"]
+
+if TYPE_CHECKING:
+    import torch
+
+    from core.federation.roster import FederationRoster
 
 log = logging.getLogger("dopamine.federation.client")
 
@@ -163,17 +169,16 @@ def leave(invitation: Invitation, home: HospitalHome, reason: str = "",
 def _count_and_load(config: JoinConfig, plan: FederationPlan, cache: Path, progress: ProgressFn,
                     cancel: CancelToken):
     from core.data import Preprocessing, load_tensors, validate
+    from core.data.validation import class_mismatch
 
     report = validate(Path(config.data), labels_csv=config.labels_csv, min_size=plan.image_size,
                       progress=lambda f, m: progress(0.02 + 0.03 * f, m), cancel=cancel)
     samples = [s for s in report.usable_samples if s.label is not None]
     if not samples:
         raise DataError(f"{config.data}: no usable labelled images; check the folder with `dopamine inspect`.")
-    if list(report.classes) != list(plan.classes) and len(report.classes) != len(plan.classes):
-        raise DataError(
-            f"{config.data} has {len(report.classes)} classes but the federation trains {len(plan.classes)} "
-            f"({', '.join(plan.classes)}); arrange the images by those classes."
-        )
+    mismatch = class_mismatch(list(report.classes), list(plan.classes), "the federation's plan")
+    if mismatch:  # the same rule the app's Federation page applies before joining
+        raise DataError(f"{config.data}: {mismatch}")
     spec = Preprocessing(size=plan.image_size)
     images, labels = load_tensors(samples, spec, cache_dir=cache,
                                   progress=lambda f, m: progress(0.05 + 0.05 * f, m), cancel=cancel)
@@ -196,11 +201,11 @@ class _Participant:
         self.folder = MembershipFolder.of(self.home, invitation)
         self.state = self.folder.load_state(invitation)
         self.round: HospitalRound | None = None
-        self.budget: HospitalBudget | None = None
+        self.budget: HospitalBudget  # set by prepare(), before anything else reads it
         self.etag = ""
-        self.roster = None  # core.federation.roster.FederationRoster, once confirmed and signed by all
-        self.pending_roster = None
-        self.global_state: dict | None = None
+        self.roster: FederationRoster | None = None  # once confirmed and signed by all
+        self.pending_roster: FederationRoster | None = None
+        self.global_state: dict[str, torch.Tensor] | None = None
         self.global_round = -1
         self.last_error = ""
         self.refused: set[tuple[int, int]] = set()  # reopened attempts this hospital refused
@@ -408,6 +413,9 @@ class _Participant:
                                     or view.model_round >= round):
             current = self.round = None  # another attempt, or this one finished (and a coordinator reopened it)
         if current is None:
+            if round <= self.state.model_round:
+                self._refuse_finished(round, attempt, step)
+                return
             if self._resume_attempt(view):
                 return
             if step != self.steps[0] or not view.participant or view.submitted:
@@ -425,6 +433,7 @@ class _Participant:
             self._ensure_global_model(view.model_round)
         if not view.participant or view.submitted:
             return
+        assert step is not None  # the coordinator expects participants only in an open step
         if step == self.steps[0] and current.ctx.started:
             # The coordinator shows this attempt's first step again after this hospital took it: the attempt
             # was reset (a coordinator restored from a backup). Never compute it a second time.
@@ -458,17 +467,17 @@ class _Participant:
             if not self.plan.secagg:
                 return True
         elif charged and not view.in_round:
-            self._refuse_reopened(round, attempt, step)
+            self._refuse_reopened(round, attempt, step or "")  # "": the audit log's "no step"
             return True
         if not (view.in_round or pending.exists() or charged):
             return False
         if view.participant and (self.plan.secagg or not view.submitted):
             # Tell the coordinator not to wait for us (a masked input we sent is still included; the
             # others rebuild its mask).
-            self.session.leave_round(round, attempt, step, "leaving the round after a restart")
+            self.session.leave_round(round, attempt, step or "", "leaving the round after a restart")
         return True
 
-    def _refuse_reopened(self, round: int, attempt: int, step: Step) -> None:
+    def _refuse_reopened(self, round: int, attempt: int, step: str) -> None:
         if (round, attempt) in self.refused:
             return
         self.refused.add((round, attempt))
@@ -478,6 +487,19 @@ class _Participant:
         log.warning(message)
         self.emit(ErrorEvent(message=message, fatal=False))
         self.session.leave_round(round, attempt, step, "refusing a reopened round attempt")
+
+    def _refuse_finished(self, round: int, attempt: int, step: str | None) -> None:
+        # A coordinator put back to an old backup (or lying) opens a round whose model this hospital has:
+        # under a fresh attempt number the ledger would allow it, but it would be a second update of that round.
+        if (round, attempt) in self.refused:
+            return
+        self.refused.add((round, attempt))
+        message = (f"The coordinator opened round {round} again (attempt {attempt}), but this hospital already received "
+                   f"the model of round {self.state.model_round}; it never computes a finished round again, so it "
+                   "refused and left that attempt (a coordinator restored from an old backup?).")
+        log.warning(message)
+        self.emit(ErrorEvent(message=message, fatal=False))
+        self.session.leave_round(round, attempt, step or "", "refusing a round that already finished")
 
     # -- privacy budget -------------------------------------------------------------------------
 
@@ -525,6 +547,7 @@ class _Participant:
     def load_global_into_model(self) -> None:
         from core.models.registry import load_weights
 
+        assert self.global_state is not None  # _ensure_global_model ran first
         load_weights(self.model, self.global_state, source=f"global model of round {self.global_round}")
 
     def _record_rounds(self, model_round: int, last_round) -> None:

@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.errors import FederationError, Refused, RoundAborted, SecAggAborted, SecAggError
 from core.federation.aggregation import PlainAggregation, SecureAggregation, server_gradient
@@ -62,6 +63,11 @@ from core.federation.round_machine import (
     StopFederation,
 )
 from core.federation.round_state import RoundState
+
+if TYPE_CHECKING:
+    from core.federation.publisher import Evaluation
+    from core.federation.store import RoundRecord
+    from core.secagg import RoundParams
 
 log = logging.getLogger("dopamine.coordinator")
 
@@ -97,16 +103,17 @@ class Coordinator:
         self._kick = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[], object]] = []  # their results are ignored
         self._serving_since = time.time()
         self._boot = secrets.token_hex(4)
         self._version = 0
         self._aggregation: SecureAggregation | PlainAggregation | None = None
         self._submitted: dict[Step, set[str]] = {}
         self._left: set[str] = set()
-        self._evaluation = None
+        self._evaluation: Evaluation | None = None
         self._hospitals = {h.hospital_id: h for h in self.store.hospitals()}
-        self._last_round = self._summary(self.store.last_round())
+        last = self.store.last_round()
+        self._last_round = self._summary(last) if last is not None else None
         try:
             self._resume_attempt()
         except (SecAggError, FederationError) as exc:
@@ -139,7 +146,7 @@ class Coordinator:
             self._thread.join(timeout=30)
         self.store.close()
 
-    def add_listener(self, callback: Callable[[], None]) -> None:
+    def add_listener(self, callback: Callable[[], object]) -> None:
         """``callback()`` runs (on the advancing thread) after every state change."""
         self._listeners.append(callback)
 
@@ -179,13 +186,13 @@ class Coordinator:
                 for h in self._hospitals.values()]
 
     def public_status(self) -> PublicStatus:
-        state = self.state
+        state, last = self.state, self.store.last_round()
         return PublicStatus(
             federation_id=self.federation_id, name=self.plan.name, mode=self.plan.mode, status=state.status,
             stop_reason=state.stop_reason, round=state.round, rounds=self.plan.rounds, phase=state.phase,
             model_round=state.model_round, invitations=self.store.invitation_count(), hospitals=self.peers(),
             roster_code=self.roster.code if self.roster else "", roster_signed=sorted(state.roster_signatures),
-            last_round=self._summary(self.store.last_round()))
+            last_round=self._summary(last) if last is not None else None)
 
     def roster_view(self) -> RosterView:
         return RosterView(status=self.state.status, roster=self.roster.to_dict() if self.roster else None,
@@ -214,9 +221,7 @@ class Coordinator:
         return body
 
     @staticmethod
-    def _summary(record) -> RoundSummary | None:
-        if record is None:
-            return None
+    def _summary(record: RoundRecord) -> RoundSummary:
         return RoundSummary(round=record.round, attempts=record.attempts,
                             seconds=round(record.finished_at - record.started_at, 4), included=list(record.included),
                             images=record.images, metrics=record.metrics, model_file=record.model_file,
@@ -316,6 +321,7 @@ class Coordinator:
         self._kick.set()
 
     def _receive(self, hospital_id: str, step: Step, body: bytes) -> None:
+        assert self._aggregation is not None  # an attempt is open
         self._aggregation.receive(step, hospital_id, body)  # Refused (4xx) with the reason
 
     def leave_round(self, hospital_id: str, round: int, attempt: int) -> None:
@@ -369,18 +375,29 @@ class Coordinator:
     def _expected(self, step: Step) -> set[str]:
         if step == self.steps[0]:
             return set(self.state.expected)
-        return set(self._aggregation.expected(step))
+        return set(self._secure_aggregation().expected(step))
 
     def _active_ids(self) -> list[str]:
         return [h for h, record in self._hospitals.items() if record.status == HospitalStatus.ACTIVE]
 
-    def _round_params(self, round: int, attempt: int):
+    def _round_params(self, round: int, attempt: int) -> RoundParams:
+        assert self.roster is not None  # rounds with secure aggregation open only once the roster is frozen
         return secagg_params(self.plan, self.roster, round, attempt, self.layout.length)
 
     def _new_aggregation(self) -> SecureAggregation | PlainAggregation:
         if self.plan.secagg:
+            assert self.roster is not None  # rounds with secure aggregation open only once the roster is frozen
             return SecureAggregation(self._round_params(self.state.round, self.state.attempt), self.roster.keys())
         return PlainAggregation(self.layout, self.plan.threshold)
+
+    # Only secure aggregation has steps after the first (plain rounds have one: the update).
+    def _secure_aggregation(self) -> SecureAggregation:
+        assert isinstance(self._aggregation, SecureAggregation)
+        return self._aggregation
+
+    def _plain_aggregation(self) -> PlainAggregation:
+        assert isinstance(self._aggregation, PlainAggregation)
+        return self._aggregation
 
     def _resume_attempt(self) -> None:
         """Rebuild the open attempt from SQLite after a restart: replay its messages, step by step."""
@@ -398,7 +415,7 @@ class Coordinator:
             self._submitted[step] = senders
             if step == state.phase:
                 break
-            self._aggregation.close(step)  # the answers were stored when the step first closed
+            self._secure_aggregation().close(step)  # the answers were stored when the step first closed
         # Hospitals need time to notice the restart and reconnect: restart the step's clock.
         state.phase_deadline = time.time() + self.machine.phase_timeout(Step(state.phase))
         log.info("resumed round %d attempt %d in step %s", state.round, state.attempt, state.phase)
@@ -446,7 +463,7 @@ class Coordinator:
             now=now, serving_since=self._serving_since, enrolled=len(self._hospitals), active=active,
             gone=self.presence.gone(active, now), expected=frozenset(self._expected(step)) if step else frozenset(),
             submitted=frozenset(self._submitted.get(step, set())) if step else frozenset(),
-            left=frozenset(self._left), roster_signed=signed)
+            left=frozenset(self._left), roster_signed=signed, held=self.paths.hold.exists())
 
     def _carry_out(self, action) -> None:
         if isinstance(action, FreezeRoster):
@@ -491,7 +508,7 @@ class Coordinator:
         state = self.state
         try:
             if not self.machine.is_last(step):
-                answers = self._aggregation.close(step)
+                answers = self._secure_aggregation().close(step)
                 following = self.machine.next_step(step)
                 with self.store.transaction() as db:
                     for hospital_id, body in answers.items():
@@ -503,10 +520,10 @@ class Coordinator:
                 self._changed()
                 return
             if self.plan.secagg:
-                aggregate = self._aggregation.finish()
+                aggregate = self._secure_aggregation().finish()
             else:
                 updates = self.store.iter_messages(state.round, state.attempt, Step.UPDATE)
-                aggregate = self._aggregation.finish_from(
+                aggregate = self._plain_aggregation().finish_from(
                     updates, {h: r.num_images for h, r in self._hospitals.items()})
         except (SecAggAborted, RoundAborted) as exc:
             self._abort_attempt(f"step {step}: {exc}")
@@ -537,7 +554,7 @@ class Coordinator:
         round, included = state.round, aggregate.included
         images = {h: r.num_images for h, r in self._hospitals.items()}
         self.publisher.step(server_gradient(self.plan, aggregate, images, state.max_images))
-        metrics = {}
+        metrics: dict = {}
         if self._evaluation is not None and self._evaluation.due(round):
             metrics = self._evaluation.evaluate(self.publisher.load_into_model())
         records = self._hospitals.values()
@@ -552,7 +569,7 @@ class Coordinator:
         with self.store.transaction() as db:
             self.store.add_round(db, record)
             self.store.delete_round_data(db, round)
-            values = {"model_round": round}
+            values: dict[str, int | str] = {"model_round": round}
             if finished:
                 values.update(status=Status.FINISHED.value, phase="", stop_reason="")
             self._save(db=db, **values)

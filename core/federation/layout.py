@@ -5,10 +5,15 @@
     DIR/tls/ca.pem, ca.key        the federation CA (ca.key 0600; keep it offline if you can)
     DIR/tls/server.pem, .key      the coordinator's HTTPS certificate and key (0600)
     DIR/signing.key               the coordinator's Ed25519 key that signs every published model (0600)
-    DIR/invitations/*.invite      one per hospital (0600: each holds a one-time enrollment token)
+    DIR/invitations/*.invite      one per hospital (0600: each holds a one-time enrollment token), unless
+                                  init wrote them to a folder the user chose; beside each, a printable
+                                  *.sheet.html with the CA fingerprint to compare by phone (no secret)
     DIR/state.sqlite              enrollments, rounds, messages of the open round
     DIR/models/                   global-rNNNN.dpm (signed) and server-rNNNN.safetensors (optimizer state)
-    DIR/coordinator.log
+    DIR/coordinator.log           rotated to coordinator.log.1 ... (coordinator.toml: log_max_bytes, log_backups)
+    DIR/service.json              while serving: pid, address and port of the running coordinator
+    DIR/live.json                 while serving: who is online, last seen, bytes received (for the host view)
+    DIR/hold                      present while the lead site paused the federation (core.federation.service)
 """
 
 from __future__ import annotations
@@ -62,6 +67,23 @@ class FederationPaths:
     def log(self) -> Path:
         return self.root / "coordinator.log"
 
+    @property
+    def service_record(self) -> Path:
+        return self.root / "service.json"
+
+    @property
+    def live(self) -> Path:
+        return self.root / "live.json"
+
+    @property
+    def hold(self) -> Path:
+        return self.root / "hold"
+
+    @property
+    def service_output(self) -> Path:
+        """stdout and stderr of a coordinator the app started (what happens before logging is set up)."""
+        return self.root / "service.out"
+
     def model_package(self, round: int) -> Path:
         return self.models / f"global-r{round:04d}.dpm"
 
@@ -84,6 +106,8 @@ class CoordinatorSettings:
     # with at least the threshold enrolled.
     start_timeout_s: float | None = None
     keep_models: int = 3  # published global models kept besides the newest (older ones are deleted)
+    log_max_bytes: int = 10 * 1024 * 1024  # coordinator.log is rotated past this size ...
+    log_backups: int = 5  # ... keeping this many older files (coordinator.log.1 is the newest)
     schema_version: int = 1
 
 
@@ -91,6 +115,8 @@ def load_settings(paths: FederationPaths) -> CoordinatorSettings:
     settings = load_toml(CoordinatorSettings, paths.settings)
     if settings.eval_every < 1:
         raise ConfigError("eval_every in coordinator.toml must be at least 1.")
+    if settings.log_max_bytes < 1024 or settings.log_backups < 1:
+        raise ConfigError("log_max_bytes in coordinator.toml must be at least 1024 and log_backups at least 1.")
     return settings
 
 
@@ -130,6 +156,8 @@ class InitConfig:
     compute_phase_timeout_s: float | None = None
     key_phase_timeout_s: float | None = None
     hospital_names: list[str] | None = None
+    federation_id: str | None = None  # None: a new random one (the app picks it first, to name the folder)
+    invitations_dir: Path | None = None  # None: DIR/invitations; else this folder, which must not hold them yet
 
 
 @dataclass(frozen=True)
@@ -140,6 +168,11 @@ class InitResult:
     plan: FederationPlan
     plan_hash: str
     ca_fingerprint: str
+    sheets: list[Path] = field(default_factory=list)  # one printable page per hospital, beside its invitation
+
+
+def new_federation_id() -> str:
+    return uuid.uuid4().hex[:16]
 
 
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
@@ -178,6 +211,9 @@ def build_plan(config: InitConfig, federation_id: str) -> FederationPlan:
         raise ConfigError("FSCDP takes one DP-SGD step per round at --sample-rate; drop --batch-size/--local-epochs.")
     if mode != "fscdp" and config.sample_rate is not None:
         raise ConfigError("F and FPDP train locally with --batch-size; --sample-rate is for FSCDP.")
+    if mode == "fscdp" and (config.server_lr is not None or config.server_momentum is not None):
+        raise ConfigError("FSCDP's coordinator takes the DP-SGD step with --lr and --momentum; drop --server-lr and "
+                          "--server-momentum.")
     if mode == "f" and config.noise_multiplier is not None:
         raise ConfigError("Mode F adds no noise; drop --noise-multiplier or use fpdp.")
 
@@ -223,13 +259,20 @@ def init_federation(config: InitConfig) -> InitResult:
         raise ConfigError("Give at least one host name or IP address hospitals will reach the coordinator at (--host).")
     if not 1 <= config.port <= 65535:
         raise ConfigError(f"Port {config.port} is not a valid TCP port.")
-    federation_id = uuid.uuid4().hex[:16]
+    federation_id = config.federation_id or new_federation_id()
+    if len(federation_id) != 16 or any(c not in "0123456789abcdef" for c in federation_id):
+        raise ConfigError("A federation id is 16 lowercase hex digits.")
     plan = build_plan(config, federation_id)
     names = plan.hospital_names
     if config.eval_data is not None and not Path(config.eval_data).exists():
         raise ConfigError(f"Evaluation data folder {config.eval_data} does not exist.")
 
     paths = FederationPaths(folder)
+    invitations_dir = Path(config.invitations_dir) if config.invitations_dir is not None else paths.invitations
+    files = {index: f"h{index:02d}-{_safe(name)}" for index, name in enumerate(names, start=1)}
+    taken = [invitations_dir / f"{stem}.invite" for stem in files.values() if (invitations_dir / f"{stem}.invite").exists()]
+    if taken:  # another federation's invitations: never overwrite a token someone may still need
+        raise FederationError(f"{taken[0]} already exists; choose an empty folder for the invitations.")
     folder.mkdir(parents=True, exist_ok=True)
     url = _url(config.hosts[0], config.port)
     tls = write_federation_tls(paths.tls, name=config.name, hosts=list(config.hosts))
@@ -253,6 +296,9 @@ def init_federation(config: InitConfig) -> InitResult:
     ca_pem = tls.ca_cert.read_text()
     digest = plan_hash(plan)
     invitations = []
+    sheets = []
+    from core.federation.invitation_sheet import write_sheet
+
     try:
         for index, name in enumerate(names, start=1):
             hospital_id = f"h{index:02d}"
@@ -263,10 +309,11 @@ def init_federation(config: InitConfig) -> InitResult:
                 hospital_id=hospital_id, hospital_name=name, token=token, ca_certificate=ca_pem,
                 coordinator_signing_key=public_key_bytes(signing_key), plan=plan, plan_hash=digest,
             )
-            path = paths.invitations / f"{hospital_id}-{_safe(name)}.invite"
+            path = invitations_dir / f"{files[index]}.invite"
             path.parent.mkdir(parents=True, exist_ok=True)
             write_invitation(path, invitation)
             invitations.append(path)
+            sheets.append(write_sheet(path.with_suffix(".sheet.html"), invitation, invitation_file=path.name))
         store.update_meta({"status": "enrolling", "round": 0, "attempt": 0, "phase": "", "model_round": 0,
                            "federation_id": federation_id, "hospital_ids": [f"h{i:02d}" for i in range(1, len(names) + 1)]})
     finally:
@@ -274,7 +321,7 @@ def init_federation(config: InitConfig) -> InitResult:
     from core.federation.tls import certificate_fingerprint
 
     return InitResult(folder=folder, coordinator_url=url, invitations=invitations, plan=plan, plan_hash=digest,
-                      ca_fingerprint=certificate_fingerprint(ca_pem))
+                      ca_fingerprint=certificate_fingerprint(ca_pem), sheets=sheets)
 
 
 def _safe(name: str) -> str:

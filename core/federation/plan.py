@@ -40,6 +40,11 @@ def default_threshold(hospitals: int, colluders: int | None = None) -> int:
     return min(hospitals, max(2, math.ceil(2 * hospitals / 3), (hospitals + colluders) // 2 + 1))
 
 
+EVALUATION_NOTE = ("The coordinator may score each published model on held-out images of its own and put accuracy "
+                   "and κ in the model card. Those figures are a release about its test patients that the privacy "
+                   "guarantee (ε) does not cover.")
+
+
 def threat_model_text(plan: FederationPlan) -> str:
     """One sentence: against whom the plan's epsilon holds."""
     if not plan.is_private:
@@ -174,6 +179,7 @@ class FederationPlan:
         knows at most t of their noises, so the noise unknown to it is at least N(0, sigma^2 C^2): the
         noise of centralized DP-SGD with multiplier sigma.
         """
+        assert self.noise_multiplier is not None and self.max_grad_norm is not None  # validate(): FSCDP sets both
         return float(self.noise_multiplier) * float(self.max_grad_norm) / math.sqrt(self.threshold - self.colluders)
 
     def round_cost(self, num_images: int) -> tuple[float, float, int]:
@@ -183,9 +189,13 @@ class FederationPlan:
         training uses (1 / batches per epoch). F: nothing, (0, 0, 0).
         """
         if self.mode == "fscdp":
+            assert self.noise_multiplier is not None and self.sample_rate is not None  # validate(): FSCDP sets both
             return float(self.noise_multiplier), float(self.sample_rate), 1
         if self.mode == "fpdp":
             from core.privacy.accountant import steps_per_epoch
+
+            # validate(): FPDP sets all three.
+            assert self.noise_multiplier is not None and self.batch_size is not None and self.local_epochs is not None
 
             per_epoch = steps_per_epoch(num_images, int(self.batch_size))
             return float(self.noise_multiplier), 1.0 / per_epoch, per_epoch * int(self.local_epochs)
@@ -204,8 +214,9 @@ class FederationPlan:
             return 0.0
         from core.privacy.accountant import compute_epsilon
 
-        return compute_epsilon(sample_rate=rate, noise_multiplier=noise, steps=steps,
-                               delta=float(delta if delta is not None else self.delta),
+        delta = delta if delta is not None else self.delta
+        assert delta is not None  # validate(): a private mode sets the plan's delta
+        return compute_epsilon(sample_rate=rate, noise_multiplier=noise, steps=steps, delta=float(delta),
                                accountant=accountant or self.accountant)
 
     @property
@@ -241,6 +252,7 @@ class FederationPlan:
         if self.is_private:
             lines.append(f"Privacy accounting: {self.accountant.upper()}, delta = {self.delta:g}")
         lines.append(f"Threat model: {threat_model_text(self)}")
+        lines.append(f"Model evaluation: {EVALUATION_NOTE}")
         return lines
 
 

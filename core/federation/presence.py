@@ -49,6 +49,12 @@ class Presence:
             else:
                 seen.last_seen = self._clock()
 
+    def last_seen(self) -> dict[str, float]:
+        """When each hospital was last heard from (its latest request, or now while it holds a poll open)."""
+        now = self._clock()
+        with self._lock:
+            return {h: now if seen.polls > 0 and not seen.gone else seen.last_seen for h, seen in self._seen.items()}
+
     def gone(self, hospital_ids, now: float | None = None) -> frozenset[str]:
         now = self._clock() if now is None else now
         with self._lock:

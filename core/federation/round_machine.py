@@ -28,6 +28,7 @@ class Observation:
     submitted: frozenset[str]  # hospitals whose message for the open step arrived
     left: frozenset[str]  # hospitals that gave up the open attempt
     roster_signed: bool  # every hospital of the frozen roster signed it
+    held: bool = False  # the lead site paused the federation (core.federation.service): no attempt goes past step 1
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,10 @@ class RoundMachine:
         if len(seen.active) < plan.threshold:
             return StopFederation(f"only {len(seen.active)} hospitals remain, fewer than the threshold {plan.threshold}")
         step = Step(state.phase)
+        if seen.held and step == self.steps[0]:
+            # Paused between rounds: the open attempt's first step (round keys, nothing noised or charged)
+            # stays open, whatever its clock says, until the lead site resumes.
+            return None
         waiting = (seen.expected - seen.submitted - seen.left) & (seen.active - seen.gone)
         if seen.now < state.phase_deadline and (waiting or (step == self.steps[0] and not seen.submitted)):
             return None

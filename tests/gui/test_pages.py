@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_every_page_builds_and_can_be_shown(window, qtbot):
     labels = [window.navigation.item(i).text() for i in range(window.navigation.count())]
-    assert labels == ["Home", "Data", "Train locally", "Federation", "Privacy", "Models", "Viewer",
-                      "Settings", "Activity"]
+    assert labels == ["Home", "Data", "Train locally", "Federation", "Host a federation", "Privacy",
+                      "Compare modes", "Models", "Viewer", "Settings", "Activity"]
     for key, _text, _icon in NAVIGATION:
         page = window.show_page(key)
         qtbot.wait(5)
