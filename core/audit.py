@@ -29,7 +29,7 @@ import os
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from core.errors import AuditLogError, LedgerError
 
@@ -108,7 +108,7 @@ class AuditLog:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 _drop_torn_tail(fd)
                 seq, prev = self._tail(fd)
-                fields = {
+                fields: dict[str, Any] = {
                     "seq": seq,
                     "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
                     "kind": kind,
@@ -243,7 +243,7 @@ def verify_audit_log(path: Path, public_key: bytes | None = None) -> AuditVerifi
             raise AuditLogError(f"An audit log is checked with a {PUBLIC_KEY_BYTES}-byte Ed25519 public key.")
         verifier = Ed25519PublicKey.from_public_bytes(bytes(public_key))
     checked = verifier is not None
-    signer = fingerprint(bytes(public_key)) if checked else ""
+    signer = fingerprint(bytes(public_key)) if public_key is not None else ""  # i.e. if checked
     prev = GENESIS_HASH
     count = 0
     total = 0

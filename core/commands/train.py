@@ -88,6 +88,7 @@ def _train(args: argparse.Namespace) -> int:
     print(f"Trained {args.model} (mode {result.mode.upper()}) on {result.train_images} images, "
           f"{result.steps} steps, in {result.seconds:.0f} s")
     if result.epsilon is not None:
+        assert result.accountant is not None  # a private run names its accountant
         print(f"Privacy: epsilon = {result.epsilon:.3f} at delta = {result.delta:.2g} ({result.accountant.upper()}; "
               f"sigma = {result.noise_multiplier:.3f}, q = {result.sample_rate:.4f}, C = {result.max_grad_norm})")
         print(f"Hospital ledger: {result.ledger_spent:.3f} spent in total ({result.ledger_path})")

@@ -315,13 +315,13 @@ def _draw_lesions(masks: _Masks, eye: _Eye, grade: int, rng: np.random.Generator
         for _ in range(int(rng.integers(20, 35))):
             x, y = cx + rng.normal(0, extent * 0.4), cy + rng.normal(0, extent * 0.4)
             angle = rng.uniform(0, 2 * math.pi)
-            points = [(x * s, y * s)]
+            vessel = [(x * s, y * s)]
             for _ in range(int(rng.integers(4, 9))):
                 angle += rng.normal(0, 0.9)  # tortuous
                 x += unit * 1.2 * math.cos(angle)
                 y += unit * 1.2 * math.sin(angle)
-                points.append((x * s, y * s))
-            draw.line(points, fill=int(rng.uniform(180, 255)), width=max(1, round(0.9 * unit * s)), joint="curve")
+                vessel.append((x * s, y * s))
+            draw.line(vessel, fill=int(rng.uniform(180, 255)), width=max(1, round(0.9 * unit * s)), joint="curve")
 
     if counts["preretinal"]:
         draw = masks.draw("preretinal")
@@ -496,12 +496,12 @@ def write_demo_data(out: Path, *, hospitals: int = 3, per_hospital: int = 200, t
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "SYNTHETIC_DATA.txt").write_text(SYNTHETIC_README.format(text=SYNTHETIC_TEXT), encoding="utf-8")
-    for done, (folder, part, index, grade, style) in enumerate(jobs):
+    for done, (folder, part, index, grade, job_style) in enumerate(jobs):
         cancel.check()
         progress(done / len(jobs), f"Drawing {folder} image {index + 1}")
         rng = np.random.default_rng([_u32(seed), part, index, 0xF0])
-        if style is None:  # test images come from every hospital's camera
-            style = styles[int(rng.integers(len(styles)))]
+        # Test images (no style) come from every hospital's camera.
+        style = job_style if job_style is not None else styles[int(rng.integers(len(styles)))]
         image = generate_fundus(grade, size=size, rng=rng, style=style)
         target = out / folder / str(grade)
         target.mkdir(parents=True, exist_ok=True)

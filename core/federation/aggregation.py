@@ -9,14 +9,18 @@ weighted by declared image counts. Both stream: memory does not grow with the nu
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from core.errors import FederationError, Refused, RoundAborted, SecAggError
 from core.federation.plan import FederationPlan
 from core.federation.protocol import Step
+
+if TYPE_CHECKING:
+    from core.secagg import Message, RoundParams
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,7 @@ class Aggregate:
 class SecureAggregation:
     """One round attempt's secure aggregation (core.secagg.SecAggServer) behind the round steps."""
 
-    def __init__(self, params, peer_keys: Mapping[str, bytes]) -> None:
+    def __init__(self, params: RoundParams, peer_keys: Mapping[str, bytes]) -> None:
         from core.secagg import SecAggServer
 
         self.server = SecAggServer(params, peer_keys)
@@ -39,13 +43,15 @@ class SecureAggregation:
         from core.secagg import AdvertiseKeys, EncryptedShares, MaskedInput, SurvivorSignature, UnmaskResponse
 
         server = self.server
-        cls, receive = {
+        # Each step's receiver takes that step's message class (Any: the pairing is by construction).
+        handlers: dict[Step, tuple[type[Message], Callable[[Any], None]]] = {
             Step.ADVERTISE: (AdvertiseKeys, server.receive_advertise),
             Step.SHARE: (EncryptedShares, server.receive_shares),
             Step.MASK: (MaskedInput, server.receive_masked_input),
             Step.CONSISTENCY: (SurvivorSignature, server.receive_survivor_signature),
             Step.UNMASK: (UnmaskResponse, server.receive_unmask),
-        }[step]
+        }
+        cls, receive = handlers[step]
         try:
             message = cls.from_bytes(body)
         except SecAggError as exc:
@@ -124,6 +130,7 @@ def server_gradient(plan: FederationPlan, aggregate: Aggregate, num_images: Mapp
         # The noisy sum of clipped per-example gradients over the union's Poisson sample, divided by the
         # expected batch size: the centralized DP-SGD gradient estimate.
         images = sum(num_images[h] for h in aggregate.included)
+        assert plan.sample_rate is not None  # validate(): FSCDP sets it
         return aggregate.values / (float(plan.sample_rate) * images)
     if aggregate.averaged:
         return -aggregate.values

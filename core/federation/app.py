@@ -32,6 +32,7 @@ import dataclasses
 import json
 import logging
 from contextlib import asynccontextmanager
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import FastAPI, HTTPException, Request
@@ -47,7 +48,7 @@ from core.federation.protocol import Peers, Route
 log = logging.getLogger("dopamine.coordinator")
 
 BINARY_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
-BINARY_RESPONSE = {200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+BINARY_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
 JSON_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}}
 # Large uploads are read a few at a time: the rest wait in their sockets (uvicorn's flow control),
 # so the coordinator's memory does not grow with the number of hospitals uploading at once.

@@ -9,9 +9,14 @@ its epsilon holds.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from core.errors import ConfigError
 from core.federation.plan import FederationPlan, threat_model_text
 from core.home import HospitalHome
+
+if TYPE_CHECKING:
+    from core.privacy.ledger import LedgerEntry, PrivacyLedger
 
 
 class HospitalBudget:
@@ -19,7 +24,7 @@ class HospitalBudget:
                  num_images: int, max_epsilon: float | None, accountant: str | None) -> None:
         self.home, self.plan, self.plan_hash, self.federation_name = home, plan, plan_hash, federation_name
         self.num_images, self.run_limit = num_images, max_epsilon
-        self.ledger = None
+        self.ledger: PrivacyLedger | None = None
         self.accountant: str | None = None
         self.charged_here = 0
         self._allowance: int | None = None  # charged attempts the limit allows, counted from this start
@@ -33,6 +38,7 @@ class HospitalBudget:
         from core.privacy.ledger import PrivacyLedger
 
         plan = self.plan
+        assert plan.delta is not None  # validate(): a private mode sets it
         # delta < 1/N for this hospital's own images, at the plan's delta and at the ledger's.
         check_delta(float(plan.delta), self.num_images)
         ledger = PrivacyLedger(self.home.ledger)
@@ -48,6 +54,7 @@ class HospitalBudget:
                            accountant=None if delta is not None else (accountant or plan.accountant),
                            source=f"joining federation {self.federation_name}")
                 ledger = PrivacyLedger(self.home.ledger)
+            assert ledger.delta is not None  # set just above when it was missing
             check_delta(float(ledger.delta), self.num_images)
             check_ledger_not_behind(ledger, self.home.audit_log)
         except BaseException:
@@ -83,6 +90,7 @@ class HospitalBudget:
         if limit is None:
             return True
         if self._allowance is None:
+            assert self.ledger is not None  # a limit comes from the ledger
             # A binary search with the accountant: a few calls once, instead of one every round.
             noise, rate, steps = self.plan.round_cost(self.num_images)
             low, high = 0, self.plan.rounds * self.plan.max_attempts
@@ -96,11 +104,12 @@ class HospitalBudget:
         return self.charged_here < self._allowance
 
     def decline_reason(self, round: int) -> str:
+        assert self.ledger is not None  # only a private federation declines a round
         after = self.ledger.epsilon_if(*self.plan.round_cost(self.num_images))
         return (f"round {round} would bring this hospital's epsilon from {self.spent():.4g} to {after:.4g}, "
                 f"above its cap of {self.limit:.4g}")
 
-    def charge(self, round: int, attempt: int):
+    def charge(self, round: int, attempt: int) -> tuple[str, LedgerEntry | None]:
         """Charge one round attempt (durably) before anything noised leaves; returns (key, ledger entry).
 
         ReleaseRefused for a key already charged; PrivacyBudgetExceeded past the cap or the run's limit.

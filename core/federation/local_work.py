@@ -52,6 +52,7 @@ def fscdp_step(
     from core.privacy.dpsgd import add_gaussian_noise, clipped_gradient_sum, poisson_sample
 
     rng = rng if rng is not None else DPRandom()
+    assert plan.sample_rate is not None and plan.max_grad_norm is not None  # validate(): FSCDP sets both
     indices = poisson_sample(images.shape[0], float(plan.sample_rate), rng=rng)
     loss = float("nan")
     if len(indices) > 0:
@@ -94,7 +95,9 @@ def train_delta(
     before = layout.flatten(dict(model.named_parameters()))
     dp = None
     if plan.mode == "fpdp":
+        assert plan.noise_multiplier is not None and plan.max_grad_norm is not None  # validate(): FPDP sets both
         dp = DPSettings(noise_multiplier=float(plan.noise_multiplier), max_grad_norm=float(plan.max_grad_norm))
+    assert plan.local_epochs is not None and plan.batch_size is not None  # validate(): F and FPDP set both
     stats = train_local(
         model, images, labels, spec, epochs=int(plan.local_epochs), batch_size=int(plan.batch_size), lr=plan.lr,
         momentum=plan.momentum, dp=dp, on_step=on_step, cancel=cancel,

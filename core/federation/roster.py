@@ -19,10 +19,13 @@ import base64
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.errors import FederationError
 from core.federation.plan import FederationPlan
+
+if TYPE_CHECKING:
+    from core.secagg import RoundParams
 
 ROSTER_SIGNATURE_DOMAIN = b"dopamine-roster-v1\n"
 MAX_ROSTER_ENTRIES = 10_000
@@ -159,7 +162,9 @@ def round_id(federation_id: str, round: int, attempt: int) -> str:
     return f"{federation_id}:r{round}:a{attempt}"
 
 
-def secagg_params(plan: FederationPlan, roster: FederationRoster, round: int, attempt: int, vector_length: int):
+def secagg_params(
+    plan: FederationPlan, roster: FederationRoster, round: int, attempt: int, vector_length: int
+) -> RoundParams:
     """Every secure-aggregation parameter of one round attempt, from the plan and the roster alone."""
     from core.secagg import RoundParams, derive_encoding, fixed_point_for_bound
 
@@ -167,9 +172,11 @@ def secagg_params(plan: FederationPlan, roster: FederationRoster, round: int, at
     if plan.mode == "fscdp":
         # Every coordinate of a clipped-gradient sum is within C times the batch size, and a Poisson
         # batch never holds more than the hospital's images: nothing is clipped by the encoding.
+        assert plan.max_grad_norm is not None  # validate(): FSCDP sets it
         encoding = derive_encoding(max_grad_norm=float(plan.max_grad_norm), max_batch_size=roster.max_images,
                                    noise_std=plan.noise_std_per_hospital(), num_hospitals=hospitals)
     else:
+        assert plan.update_bound is not None  # validate(): secure aggregation in F/FPDP sets it
         encoding = fixed_point_for_bound(float(plan.update_bound), hospitals)
     return RoundParams(round_id=round_id(plan.federation_id, round, attempt), threshold=plan.threshold,
                        vector_length=vector_length, encoding=encoding, colluders=plan.colluders)

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -188,7 +189,8 @@ class HospitalProcess:
         self.killed_in_round: int | None = None
         self.started = 0.0
         self.ended: float | None = None
-        self.on_event = None  # called as on_event(hospital, event_dict) from a reader thread
+        # Called as on_event(hospital, event_dict) from a reader thread.
+        self.on_event: Callable[[HospitalProcess, dict], None] | None = None
 
     def start(self) -> None:
         argv = [sys.executable, "-m", "core.cli", "join", str(self.invitation), "--data", str(self.data),
@@ -203,6 +205,7 @@ class HospitalProcess:
         threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
 
     def _read(self, process: subprocess.Popen) -> None:
+        assert process.stdout is not None  # started with stdout=PIPE
         for raw in process.stdout:
             line = raw.decode("utf-8", "replace").strip()
             if not line.startswith("{"):
@@ -224,6 +227,11 @@ class HospitalProcess:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        """The process's exit code (None while it runs or before it started)."""
+        return self.process.returncode if self.process is not None else None
 
     @property
     def membership(self) -> Path:
@@ -305,7 +313,7 @@ def run(config: SimulationConfig, *, progress: ProgressFn = no_progress,
             raise ConfigError(f"--drop {hospital}@...: there are only {config.hospitals} hospitals.")
     started = time.monotonic()
     temporary = config.workdir is None
-    root = Path(tempfile.mkdtemp(prefix="dopamine-sim-")) if temporary else Path(config.workdir)
+    root = Path(config.workdir) if config.workdir is not None else Path(tempfile.mkdtemp(prefix="dopamine-sim-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
         return _run(config, root, temporary, started, progress, cancel)
@@ -381,11 +389,11 @@ def _run(config: SimulationConfig, root: Path, temporary: bool, started: float, 
         for hospital in hospitals:
             if hospital.ended is None:
                 hospital.ended = time.monotonic()
-        failed = [h for h in hospitals if h.process.returncode != 0
-                  and not (h.killed_in_round is not None and h.process.returncode == -signal.SIGKILL)]
+        failed = [h for h in hospitals if h.returncode != 0
+                  and not (h.killed_in_round is not None and h.returncode == -signal.SIGKILL)]
         if failed:
             h = failed[0]
-            raise FederationError(f"Hospital {h.number} ended with code {h.process.returncode}: "
+            raise FederationError(f"Hospital {h.number} ended with code {h.returncode}: "
                                   f"{_last_line(h.log_path)}")
     finally:
         for hospital in hospitals:

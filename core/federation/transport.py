@@ -29,7 +29,7 @@ from core.jobs import NEVER_CANCELLED, CancelToken
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 
 
-def _is_certificate_error(exc: BaseException) -> bool:
+def _is_certificate_error(exc: BaseException | None) -> bool:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))

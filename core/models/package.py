@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import nn
@@ -412,7 +412,7 @@ def _parse_weights(data: bytes, name: str) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _is_number(value: object) -> bool:
+def _is_number(value: object) -> TypeGuard[float]:  # card values come from JSON: int or float
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 

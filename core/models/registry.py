@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -108,6 +109,11 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
+@runtime_checkable
+class _NamesGradCamLayer(Protocol):
+    def gradcam_layer(self) -> nn.Module: ...
+
+
 def last_conv_layer(model: nn.Module) -> nn.Module:
     """The module whose output and gradient Grad-CAM uses: the last convolutional stage.
 
@@ -115,7 +121,7 @@ def last_conv_layer(model: nn.Module) -> nn.Module:
     last Fire module, ResNet's last block); for any other model, its last Conv2d.
     """
     model = _unwrap(model)
-    if hasattr(model, "gradcam_layer"):
+    if isinstance(model, _NamesGradCamLayer):  # what hasattr(model, "gradcam_layer") checks
         return model.gradcam_layer()
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convs:

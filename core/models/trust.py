@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import json
 import re
 from collections.abc import Mapping
@@ -143,6 +144,7 @@ class TrustStore:
             keys.setdefault(signer.public_key, signer)
         return keys
 
+    # Below this method, `list` in an annotation names it: those say builtins.list.
     def list(self) -> list[TrustedSigner]:
         return list(self.trusted_keys().values())
 
@@ -181,7 +183,7 @@ class TrustStore:
         return matches[0]
 
     # ---- the three sources --------------------------------------------------------------------------------
-    def _own(self) -> list[TrustedSigner]:
+    def _own(self) -> builtins.list[TrustedSigner]:
         from core.signing import load_private_key, public_key_bytes
 
         signers = []
@@ -196,7 +198,7 @@ class TrustStore:
             signers.append(TrustedSigner(key, fingerprint(key), THIS_HOSPITAL, THIS_HOSPITAL, str(path)))
         return signers
 
-    def _coordinators(self) -> list[TrustedSigner]:
+    def _coordinators(self) -> builtins.list[TrustedSigner]:
         folder = Path(self.home.federations)
         if not folder.is_dir():
             return []
@@ -216,11 +218,11 @@ class TrustStore:
                     signers.append(TrustedSigner(key, fingerprint(key), name, FEDERATION_COORDINATOR, str(path)))
         return signers
 
-    def _user_keys(self) -> list[TrustedSigner]:
+    def _user_keys(self) -> builtins.list[TrustedSigner]:
         return self._read_entries()
 
     # ---- the user's file ----------------------------------------------------------------------------------
-    def _read_entries(self) -> list[TrustedSigner]:
+    def _read_entries(self) -> builtins.list[TrustedSigner]:
         path = self.path
         damaged = (f"{path} is damaged, so no key you added is trusted; restore it from a backup, or delete it "
                    "and add the keys again after checking their fingerprints.")
@@ -247,7 +249,7 @@ class TrustStore:
             entries.append(TrustedSigner(key, fingerprint(key), name[:MAX_NAME_CHARS], ADDED_BY_USER, source, added))
         return entries
 
-    def _write_entries(self, entries: list[TrustedSigner]) -> None:
+    def _write_entries(self, entries: builtins.list[TrustedSigner]) -> None:
         data = {
             "format": TRUST_FORMAT,
             "version": TRUST_VERSION,

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +54,7 @@ GRAD_SAMPLE_MODES = (GRAD_SAMPLE_MODE, "hooks", "ew", "functorch")
 DEFAULT_GRAD_SAMPLE_MODE = GRAD_SAMPLE_MODE
 
 
-class PoissonBatchSampler(UniformWithReplacementSampler):
+class PoissonBatchSampler(UniformWithReplacementSampler):  # type: ignore[misc]  # Opacus ships no types
     """Opacus's Poisson batch sampler (each example in each batch with probability
     ``sample_rate``, ``steps`` batches per pass) drawing from a DPRandom instead of a torch generator."""
 
@@ -60,25 +62,25 @@ class PoissonBatchSampler(UniformWithReplacementSampler):
         super().__init__(num_samples=num_samples, sample_rate=sample_rate, generator=None, steps=steps)
         self.rng = rng
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[int]]:
         for _ in range(self.steps):
             yield self.rng.poisson_sample(self.num_samples, self.sample_rate).tolist()
 
 
-class PoissonDataLoader(DPDataLoader):
+class PoissonDataLoader(DPDataLoader):  # type: ignore[misc]  # Opacus ships no types
     """Opacus's DPDataLoader (empty batches collated to zero-length tensors of the right shapes)
     whose batches come from a PoissonBatchSampler."""
 
     def __init__(
         self,
-        dataset: Dataset,
+        dataset: Dataset[Any],
         *,
         sample_rate: float,
         rng: DPRandom,
         steps: int | None = None,
-        collate_fn=None,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
         batch_first: bool = True,
-        **kwargs,
+        **kwargs: Any,
     ) -> None:
         self.sample_rate = sample_rate
         self.distributed = False
@@ -89,7 +91,11 @@ class PoissonDataLoader(DPDataLoader):
             self,
             dataset=dataset,
             batch_sampler=PoissonBatchSampler(
-                num_samples=len(dataset), sample_rate=sample_rate, rng=rng, steps=steps
+                # A map-style dataset has a length; torch's Dataset type does not declare __len__.
+                num_samples=len(dataset),  # type: ignore[arg-type]
+                sample_rate=sample_rate,
+                rng=rng,
+                steps=steps,
             ),
             collate_fn=wrap_collate_with_empty(
                 collate_fn=collate_fn or default_collate,
@@ -101,7 +107,9 @@ class PoissonDataLoader(DPDataLoader):
         )
 
     @classmethod
-    def from_loader(cls, data_loader: DataLoader, *, rng: DPRandom, batch_first: bool = True) -> PoissonDataLoader:
+    def from_loader(
+        cls, data_loader: DataLoader[Any], *, rng: DPRandom, batch_first: bool = True
+    ) -> PoissonDataLoader:
         """A Poisson loader over ``data_loader``'s dataset at rate 1 / len(data_loader), one pass
         being len(data_loader) batches, with its workers and collate function."""
         if isinstance(data_loader.dataset, IterableDataset):
@@ -124,11 +132,13 @@ class PoissonDataLoader(DPDataLoader):
         )
 
 
-class DPRandomOptimizer(DPOptimizer):
+class DPRandomOptimizer(DPOptimizer):  # type: ignore[misc]  # Opacus ships no types
     """Opacus's DPOptimizer (flat clipping, one machine) whose noise comes from a DPRandom:
     the optimizer of the "hooks", "ew" and "functorch" modes."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, *, rng: DPRandom | None = None, **kwargs) -> None:
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, *, rng: DPRandom | None = None, **kwargs: Any
+    ) -> None:
         kwargs.pop("generator", None)
         kwargs.pop("secure_mode", None)
         super().__init__(optimizer, generator=None, secure_mode=False, **kwargs)
@@ -143,7 +153,7 @@ class DPRandomOptimizer(DPOptimizer):
             _mark_as_processed(p.summed_grad)
 
 
-class _DPRandomPrivacyEngine(PrivacyEngine):
+class _DPRandomPrivacyEngine(PrivacyEngine):  # type: ignore[misc]  # Opacus ships no types
     """PrivacyEngine whose batches and noise come from one DPRandom, which checks models against
     the allow-list, and which builds the "fused" grad-sample module (Opacus does not know it)."""
 
@@ -154,11 +164,19 @@ class _DPRandomPrivacyEngine(PrivacyEngine):
             super().__init__(accountant="rdp", secure_mode=False)
         self.rng = rng
 
-    def validate(self, *, module: nn.Module, optimizer, data_loader) -> None:
+    def validate(
+        self,
+        *,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        data_loader: DataLoader[Any] | None,
+    ) -> None:
         check_per_example_safe(module)
         super().validate(module=module, optimizer=optimizer, data_loader=data_loader)
 
-    def _prepare_data_loader(self, data_loader: DataLoader, *, poisson_sampling: bool, **kwargs) -> DataLoader:
+    def _prepare_data_loader(
+        self, data_loader: DataLoader[Any], *, poisson_sampling: bool, **kwargs: Any
+    ) -> DataLoader[Any]:
         # Without Poisson sampling the guarantee is only approximate anyway; the loader's own
         # order is kept (its shuffling is not what the accountant analyses).
         if not poisson_sampling:
@@ -167,14 +185,18 @@ class _DPRandomPrivacyEngine(PrivacyEngine):
             raise PrivacyError("DP-SGD here runs on one machine; distributed training is not supported.")
         return PoissonDataLoader.from_loader(data_loader, rng=self.rng, batch_first=kwargs.get("batch_first", True))
 
-    def _prepare_optimizer(self, *, optimizer, grad_sample_mode: str = "hooks", **kwargs):
+    def _prepare_optimizer(
+        self, *, optimizer: torch.optim.Optimizer, grad_sample_mode: str = "hooks", **kwargs: Any
+    ) -> DPOptimizer:
         if kwargs.pop("distributed", False) or kwargs.pop("clipping", "flat") != "flat":
             raise PrivacyError("DP-SGD here supports flat clipping on one machine only.")
         kwargs.pop("noise_generator", None)
         optimizer_class = FusedDPOptimizer if grad_sample_mode == GRAD_SAMPLE_MODE else DPRandomOptimizer
         return optimizer_class(optimizer=getattr(optimizer, "original_optimizer", optimizer), rng=self.rng, **kwargs)
 
-    def _prepare_model(self, module: nn.Module, *, grad_sample_mode: str = "hooks", **kwargs):
+    def _prepare_model(
+        self, module: nn.Module, *, grad_sample_mode: str = "hooks", **kwargs: Any
+    ) -> AbstractGradSampleModule:
         if grad_sample_mode != GRAD_SAMPLE_MODE:
             return super()._prepare_model(module, grad_sample_mode=grad_sample_mode, **kwargs)
         self.validate(module=module, optimizer=None, data_loader=None)
@@ -192,14 +214,14 @@ class _DPRandomPrivacyEngine(PrivacyEngine):
 def make_private(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    data_loader: DataLoader,
+    data_loader: DataLoader[Any],
     *,
     noise_multiplier: float,
     max_grad_norm: float,
     poisson_sampling: bool = True,
     grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE,
     rng: DPRandom | None = None,
-) -> tuple[nn.Module, DPOptimizer, DataLoader]:
+) -> tuple[AbstractGradSampleModule, DPOptimizer, DataLoader[Any]]:
     """Wrap model, optimizer and data loader for DP-SGD with Opacus.
 
     The returned optimizer clips each example's gradient to ``max_grad_norm``, adds
@@ -220,7 +242,7 @@ def make_private(
         raise PrivacyError("make_private draws its randomness from a DPRandom; this is a software error.")
     engine = _DPRandomPrivacyEngine(rng if rng is not None else DPRandom())
     try:
-        return engine.make_private(
+        private: tuple[AbstractGradSampleModule, DPOptimizer, DataLoader[Any]] = engine.make_private(
             module=model,
             optimizer=optimizer,
             data_loader=data_loader,
@@ -229,6 +251,7 @@ def make_private(
             poisson_sampling=poisson_sampling,
             grad_sample_mode=grad_sample_mode,
         )
+        return private
     except UnsupportedModuleError as exc:
         raise PrivacyError(f"This model cannot be trained with DP-SGD: {_first_line(exc)}") from exc
 
@@ -253,7 +276,7 @@ def clipped_gradient_sum(
     y: torch.Tensor,
     *,
     max_grad_norm: float,
-    loss_fn=None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE,
     chunk_size: int = 32,
 ) -> dict[str, torch.Tensor]:
@@ -283,11 +306,11 @@ def clipped_gradient_sum(
     try:
         for start in range(0, len(x), chunk_size):
             for p in params.values():
-                p.grad_sample = None
+                p.grad_sample = None  # type: ignore[attr-defined]  # Opacus's attribute, unknown to torch
             losses = loss_fn(wrapped(x[start : start + chunk_size]), y[start : start + chunk_size])
             if losses.dim() != 1:
                 raise PrivacyError("loss_fn must return one loss per example (use reduction='none').")
-            losses.sum().backward()
+            losses.sum().backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
             clip_and_sum(list(params.values()), max_grad_norm, out=list(total.values()))
     finally:
         wrapped.cleanup()
@@ -314,10 +337,8 @@ def add_gaussian_noise(
         # One draw for all tensors (many small ones cost more than the noise itself).
         flat = torch.cat([v.detach().reshape(-1) for v in values])
         rng.add_normal_(flat, std)
-        return {
-            name: chunk.view(value.shape)
-            for (name, value), chunk in zip(grads.items(), flat.split([v.numel() for v in values]), strict=True)
-        }
+        chunks = torch.split(flat, [v.numel() for v in values])
+        return {name: chunk.view(value.shape) for (name, value), chunk in zip(grads.items(), chunks, strict=True)}
     return {
         name: rng.add_normal_(value.detach().clone(memory_format=torch.contiguous_format), std)
         for name, value in grads.items()

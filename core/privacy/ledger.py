@@ -28,6 +28,7 @@ import threading
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import TracebackType
 
 from core.config import atomic_write_bytes
 from core.errors import LedgerError, PrivacyBudgetExceeded, PrivacyError, ReleaseRefused
@@ -312,7 +313,7 @@ class PrivacyLedger:
             raise
         return connection
 
-    def _transaction(self):
+    def _transaction(self) -> _Transaction:
         return _Transaction(self)
 
     def _adopt_settings(self, max_epsilon: float | None, delta: float | None, accountant: str | None) -> None:
@@ -393,7 +394,9 @@ class _Transaction:
         self.cursor = cursor
         return cursor
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         try:
             if exc_type is None:
                 try:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 import os
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -83,7 +84,7 @@ class DPRandom:
     def __repr__(self) -> str:
         return "DPRandom(<secret key>)"
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         # A copied generator would repeat the noise: refuse pickling (and so multiprocessing copies).
         raise TypeError("DPRandom cannot be pickled or copied: a copy would repeat its draws.")
 
@@ -93,7 +94,8 @@ class DPRandom:
         if self._zeros.size < nbytes:
             self._zeros = np.zeros(nbytes, np.uint8)  # calloc'd: no memory traffic
             self._buffer = np.empty(nbytes + _AES_BLOCK, np.uint8)  # update_into wants a spare block
-        self._encryptor.update_into(memoryview(self._zeros)[:nbytes], self._buffer)
+        # .data: cryptography types its buffers as bytes/bytearray/memoryview; the arrays' memory is the same.
+        self._encryptor.update_into(self._zeros.data[:nbytes], self._buffer.data)
         return self._buffer[:nbytes].view(np.uint64)
 
     def _buffer_for(self, name: str, size: int) -> torch.Tensor:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,8 +65,14 @@ _GENERATION = "_fused_generation"
 # Marks the per-instance forward that FusedGradSampleModule installs (check_per_example_safe accepts it).
 _FUSED_FORWARD = "_fused_per_sample_forward"
 
+# What a layer Function's backward returns: the input's gradient, then None for each other argument
+# of forward (weight, bias, module, scale, generation, ghost): weight gradients go to grad_sample.
+_LayerGrads = tuple[torch.Tensor | None, None, None, None, None, None, None]
+# Autograd's ctx is typed Any: the layer Functions keep their own fields on it between the passes.
+_Ctx = Any
 
-def _store(param: torch.Tensor, grad_sample: torch.Tensor | GhostGradSample, ctx) -> None:
+
+def _store(param: torch.Tensor, grad_sample: torch.Tensor | GhostGradSample, ctx: _Ctx) -> None:
     """Record one layer call's per-example gradients, Opacus's way.
 
     Within one forward pass a module used twice adds both contributions to each example's
@@ -78,21 +85,29 @@ def _store(param: torch.Tensor, grad_sample: torch.Tensor | GhostGradSample, ctx
         # Scaling the per-example result is cheaper than scaling the layer's output gradient.
         grad_sample.mul_(ctx.scale)
     existing = getattr(param, "grad_sample", None)
+    # grad_sample is the attribute Opacus adds to parameters; torch's Tensor type does not declare it.
     if existing is None:
-        param.grad_sample = grad_sample
+        param.grad_sample = grad_sample  # type: ignore[attr-defined]
     elif getattr(param, _GENERATION, None) == ctx.generation:
         # The norm of a sum is not the sum of norms: a module used twice is materialized.
         if isinstance(existing, list):
             existing[-1] = materialize(existing[-1]) + materialize(grad_sample)
         else:
-            param.grad_sample = materialize(existing) + materialize(grad_sample)
+            param.grad_sample = materialize(existing) + materialize(grad_sample)  # type: ignore[attr-defined]
     else:
-        param.grad_sample = [*existing, grad_sample] if isinstance(existing, list) else [existing, grad_sample]
+        param.grad_sample = (  # type: ignore[attr-defined]
+            [*existing, grad_sample] if isinstance(existing, list) else [existing, grad_sample]
+        )
     setattr(param, _GENERATION, ctx.generation)
 
 
 def _conv_weight_grad_sample(
-    x: torch.Tensor, grad_out: torch.Tensor, weight_shape: torch.Size, stride, padding, dilation
+    x: torch.Tensor,
+    grad_out: torch.Tensor,
+    weight_shape: torch.Size,
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
 ) -> torch.Tensor:
     n, in_ch = x.shape[:2]
     out_ch, _, kh, kw = weight_shape
@@ -102,14 +117,20 @@ def _conv_weight_grad_sample(
         return torch.bmm(grad_out.reshape(n, out_ch, -1), columns.transpose(1, 2)).view(n, out_ch, in_ch, kh, kw)
     # Only the weight's shape matters for a weight-only backward, so it need not be filled.
     grouped_weight = x.new_empty((n * out_ch, in_ch, kh, kw))
-    grad_weight = torch.ops.aten.convolution_backward(
+    grad_weight: torch.Tensor = torch.ops.aten.convolution_backward(
         grad_out.reshape(1, n * out_ch, out_h, out_w), x.reshape(1, n * in_ch, *x.shape[2:]),
         grouped_weight, None, stride, padding, dilation, False, [0, 0], n, [False, True, False],
     )[1]
     return grad_weight.view(n, out_ch, in_ch, kh, kw)
 
 
-def _conv_columns(x: torch.Tensor, kernel_size, stride, padding, dilation) -> torch.Tensor:
+def _conv_columns(
+    x: torch.Tensor,
+    kernel_size: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+) -> torch.Tensor:
     """The input as (examples, in_channels * kernel pixels, output pixels): what each output sees."""
     n, in_ch = x.shape[:2]
     if tuple(kernel_size) == (1, 1) and tuple(padding) == (0, 0):
@@ -131,8 +152,18 @@ class GhostGradSample:
     """
 
     __slots__ = ("x", "grad_out", "scale", "weight_shape", "stride", "padding", "dilation", "sq_norms", "_processed")
+    _processed: bool  # set by the optimizer once clipped, as Opacus marks its tensors
 
-    def __init__(self, x, grad_out, scale, weight_shape, stride, padding, dilation):
+    def __init__(
+        self,
+        x: torch.Tensor,
+        grad_out: torch.Tensor,
+        scale: float,
+        weight_shape: torch.Size,
+        stride: tuple[int, ...],
+        padding: tuple[int, ...],
+        dilation: tuple[int, ...],
+    ) -> None:
         # Detached: clipping happens later, in the optimizer, and must not extend the graph.
         x, grad_out = x.detach(), grad_out.detach()
         self.x, self.grad_out, self.scale = x, grad_out, scale
@@ -153,10 +184,11 @@ class GhostGradSample:
 
     def weighted_sum(self, factors: torch.Tensor) -> torch.Tensor:
         scaled = self.grad_out * (factors * self.scale).to(self.grad_out.dtype).view(-1, 1, 1, 1)
-        return torch.ops.aten.convolution_backward(
+        grad_weight: torch.Tensor = torch.ops.aten.convolution_backward(
             scaled, self.x, self.x.new_empty(self.weight_shape), None, self.stride, self.padding,
             self.dilation, False, [0, 0], 1, [False, True, False],
         )[1]
+        return grad_weight
 
     def materialize(self) -> torch.Tensor:
         grad_sample = _conv_weight_grad_sample(
@@ -188,7 +220,7 @@ def clip_and_sum(
     parameters) the sums are added to it in place and it is returned.
     """
     entries = [_entries(p) for p in params]
-    squared = None
+    squared: torch.Tensor | None = None
     for param_entries in entries:
         per_param = torch.cat([
             # flatten(1), not reshape(len, -1): an empty Poisson batch has no rows to infer -1 from
@@ -196,6 +228,7 @@ def clip_and_sum(
             for e in param_entries
         ])
         squared = per_param if squared is None else squared + per_param
+    assert squared is not None  # callers pass a model's trainable parameters, never an empty list
     factors = (max_grad_norm / (squared.sqrt() + 1e-6)).clamp(max=1.0)
     if out is None:
         out = [torch.zeros_like(p, memory_format=torch.contiguous_format) for p in params]
@@ -212,7 +245,7 @@ def clip_and_sum(
     return out
 
 
-def _empty_batch_backward(ctx, x: torch.Tensor):
+def _empty_batch_backward(ctx: _Ctx, x: torch.Tensor) -> _LayerGrads:
     """Backward of a layer that saw no examples (Poisson sampling can draw an empty batch)."""
     module = ctx.module
     for index, name in ((1, "weight"), (2, "bias")):
@@ -225,14 +258,23 @@ def _empty_batch_backward(ctx, x: torch.Tensor):
 
 class _Conv2dPerSample(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, module, scale, generation, ghost):
+    def forward(
+        ctx: _Ctx,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        module: nn.Conv2d,
+        scale: float,
+        generation: int,
+        ghost: bool,
+    ) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.module, ctx.scale, ctx.generation, ctx.has_bias = module, scale, generation, bias is not None
         ctx.ghost = ghost
         return F.conv2d(x, weight, bias, module.stride, module.padding, module.dilation, module.groups)
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx: _Ctx, grad_out: torch.Tensor) -> _LayerGrads:
         x, weight = ctx.saved_tensors
         if x.shape[0] == 0:
             return _empty_batch_backward(ctx, x)
@@ -246,6 +288,7 @@ class _Conv2dPerSample(torch.autograd.Function):
             )[0]
         if ctx.needs_input_grad[1]:
             out_ch, in_ch, kh, kw = weight.shape
+            grad_sample: torch.Tensor | GhostGradSample
             if ctx.ghost and _prefers_ghost(grad_out[0, 0].numel(), in_ch * kh * kw, out_ch):
                 grad_sample = GhostGradSample(
                     x, grad_out, ctx.scale, weight.shape, module.stride, module.padding, module.dilation
@@ -262,13 +305,22 @@ class _Conv2dPerSample(torch.autograd.Function):
 
 class _LinearPerSample(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, module, scale, generation, ghost):
+    def forward(
+        ctx: _Ctx,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        module: nn.Linear,
+        scale: float,
+        generation: int,
+        ghost: bool,
+    ) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.module, ctx.scale, ctx.generation, ctx.has_bias = module, scale, generation, bias is not None
         return F.linear(x, weight, bias)
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx: _Ctx, grad_out: torch.Tensor) -> _LayerGrads:
         x, weight = ctx.saved_tensors
         if x.shape[0] == 0:
             return _empty_batch_backward(ctx, x)
@@ -287,10 +339,20 @@ class _LinearPerSample(torch.autograd.Function):
 
 class _GroupNormPerSample(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, module, scale, generation, ghost):
+    def forward(
+        ctx: _Ctx,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        module: nn.GroupNorm,
+        scale: float,
+        generation: int,
+        ghost: bool,
+    ) -> torch.Tensor:
         n, channels = x.shape[:2]
         hw = x[0, 0].numel() if n else 0
         x = x.contiguous()
+        out: torch.Tensor
         out, mean, rstd = torch.ops.aten.native_group_norm(
             x, weight, bias, n, channels, hw, module.num_groups, module.eps
         )
@@ -299,7 +361,7 @@ class _GroupNormPerSample(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx: _Ctx, grad_out: torch.Tensor) -> _LayerGrads:
         x, weight, mean, rstd = ctx.saved_tensors
         if x.shape[0] == 0:
             return _empty_batch_backward(ctx, x)
@@ -321,14 +383,19 @@ class _GroupNormPerSample(torch.autograd.Function):
         return grad_x, None, None, None, None, None, None
 
 
-def _conv_supported(module: nn.Conv2d) -> bool:
-    return module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str)
+def _conv_supported(module: nn.Module) -> bool:
+    return (
+        isinstance(module, nn.Conv2d)  # always, by _FUNCTIONS's key: it narrows the type
+        and module.groups == 1
+        and module.padding_mode == "zeros"
+        and not isinstance(module.padding, str)
+    )
 
 
 _FUNCTIONS: dict[type[nn.Module], tuple[type[torch.autograd.Function], Callable[[nn.Module], bool]]] = {
     nn.Conv2d: (_Conv2dPerSample, _conv_supported),
     nn.Linear: (_LinearPerSample, lambda m: True),
-    nn.GroupNorm: (_GroupNormPerSample, lambda m: m.affine),
+    nn.GroupNorm: (_GroupNormPerSample, lambda m: isinstance(m, nn.GroupNorm) and m.affine),
 }
 
 
@@ -446,7 +513,7 @@ def _override_reason(module: nn.Module) -> str | None:
     return None
 
 
-class FusedGradSampleModule(AbstractGradSampleModule):
+class FusedGradSampleModule(AbstractGradSampleModule):  # type: ignore[misc]  # Opacus ships no types
     """Wraps a model so that ``loss.backward()`` leaves per-example gradients in ``p.grad_sample``.
 
     ``p.grad`` is not filled: DP-SGD never uses the unclipped batch gradient. With
@@ -459,7 +526,7 @@ class FusedGradSampleModule(AbstractGradSampleModule):
 
     def __init__(
         self, m: nn.Module, *, batch_first: bool = True, loss_reduction: str = "mean", ghost: bool = True
-    ):
+    ) -> None:
         if not batch_first:
             raise PrivacyError("The fused per-example gradient mode needs batch-first inputs.")
         if loss_reduction not in ("mean", "sum"):
@@ -481,7 +548,7 @@ class FusedGradSampleModule(AbstractGradSampleModule):
                 module.forward = types.MethodType(_make_forward(self, _FUNCTIONS[type(module)][0]), module)
                 self._patched.append(module)
 
-    def forward(self, x: torch.Tensor, *args, **kwargs):
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:  # whatever the model returns
         if self._forbid_accumulation and torch.is_grad_enabled() and any(
             getattr(p, "grad_sample", None) is not None for p in self._module.parameters()
         ):
@@ -511,20 +578,28 @@ class FusedGradSampleModule(AbstractGradSampleModule):
                 delattr(p, _GENERATION)
 
 
-def _make_forward(owner: FusedGradSampleModule, function: type[torch.autograd.Function]):
+def _make_forward(
+    owner: FusedGradSampleModule, function: type[torch.autograd.Function]
+) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
     def forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         weight, bias = module.weight, getattr(module, "bias", None)
+        output: torch.Tensor
         if not torch.is_grad_enabled():
-            return type(module).forward(module, x)
+            output = type(module).forward(module, x)
+            return output
         # With a mean loss each example's gradient arrives divided by the batch size.
         scale = float(x.shape[0]) if owner.loss_reduction == "mean" else 1.0
-        return function.apply(x, weight, bias, module, scale, owner._generation, owner.ghost)
+        # torch leaves Function.apply unannotated.
+        output = function.apply(  # type: ignore[no-untyped-call]
+            x, weight, bias, module, scale, owner._generation, owner.ghost
+        )
+        return output
 
     setattr(forward, _FUSED_FORWARD, True)
     return forward
 
 
-class FusedDPOptimizer(DPOptimizer):
+class FusedDPOptimizer(DPOptimizer):  # type: ignore[misc]  # Opacus ships no types
     """Opacus's DPOptimizer (skipped steps, accounting hook, the optimizer step) whose clipping
     also takes GhostGradSample entries (clip_and_sum), and whose noise comes from a DPRandom.
 
@@ -533,7 +608,7 @@ class FusedDPOptimizer(DPOptimizer):
     float64 and snapped (core.privacy.noise). ``rng`` defaults to a fresh DPRandom.
     """
 
-    def __init__(self, *args, rng: DPRandom | None = None, **kwargs) -> None:
+    def __init__(self, *args: Any, rng: DPRandom | None = None, **kwargs: Any) -> None:
         # Opacus's own generator and secure mode are not used: all randomness is the DPRandom's.
         kwargs.pop("generator", None)
         kwargs.pop("secure_mode", None)
@@ -544,7 +619,7 @@ class FusedDPOptimizer(DPOptimizer):
         self._flat_summed: torch.Tensor | None = None
 
     @property
-    def grad_samples(self) -> list:
+    def grad_samples(self) -> list[torch.Tensor | GhostGradSample | list[torch.Tensor | GhostGradSample]]:
         # Opacus reads this only to see whether there is anything to clip: no concatenation.
         return [p.grad_sample for p in self.params if getattr(p, "grad_sample", None) is not None]
 
@@ -567,24 +642,26 @@ class FusedDPOptimizer(DPOptimizer):
             self._flat_summed = torch.zeros(
                 sum(p.numel() for p in self.params), dtype=reference.dtype, device=reference.device
             )
-            for p, chunk in zip(self.params, self._flat_summed.split([p.numel() for p in self.params]), strict=True):
+            chunks = torch.split(self._flat_summed, [p.numel() for p in self.params])
+            for p, chunk in zip(self.params, chunks, strict=True):
                 p.summed_grad = chunk.view_as(p)
         clip_and_sum(self.params, self.max_grad_norm, out=[p.summed_grad for p in self.params])
         for p in self.params:
             for entry in _entries(p):
-                entry._processed = True
+                entry._processed = True  # type: ignore[union-attr]  # Opacus's mark on tensors
 
     def add_noise(self) -> None:
         if self._flat_summed is None or getattr(self._flat_summed, "_processed", False):
             raise ValueError("Gradients haven't been cleared since the last optimizer step; call optimizer.zero_grad().")
         flat = self._flat_summed
         self.rng.add_normal_(flat, self.noise_multiplier * self.max_grad_norm)
-        flat._processed = True
+        flat._processed = True  # type: ignore[attr-defined]  # Opacus's mark on tensors
         for p in self.params:
             p.grad = p.summed_grad  # a view of the noised buffer
 
     def scale_grad(self) -> None:
         if self.loss_reduction == "mean":
+            assert self._flat_summed is not None  # add_noise, which Opacus calls first, needs it
             self._flat_summed /= self.expected_batch_size * self.accumulated_iterations
 
     def zero_grad(self, set_to_none: bool = False) -> None:

@@ -162,6 +162,7 @@ def run_local(config, *, progress: ProgressFn = no_progress, cancel: CancelToken
                            f"counts {run_plan.steps} at q = {run_plan.sample_rate:g}: a bug; please report it.")
     # In units of C: SGD divided each noised sum by Opacus's expected batch size, int(N q).
     scale = int(len(images) * run_plan.sample_rate) / (config.lr * config.max_grad_norm)
+    assert run_plan.epsilon is not None  # plan_run states one for every CDP run
     gradient_scores = (data.harness.canary.weight.detach()[0] - start[0]).double().numpy() * scale
     return CanaryRun(
         gradient_scores=gradient_scores, gradient_included=data.gradient_included,

@@ -127,8 +127,10 @@ def plan_run(config: TrainConfig, num_train: int, delta: float | None) -> RunPla
     rate, steps = 1.0 / per_epoch, per_epoch * config.epochs
     if config.mode != "cdp":
         return RunPlan(num_train, per_epoch, rate, steps, None, None, None, config.accountant)
+    assert delta is not None  # a CDP run's delta comes from resolve_delta
     noise = config.noise_multiplier
     if noise is None:
+        assert config.target_epsilon is not None  # validate(): a CDP run sets one of the two
         noise = calibrate_noise_multiplier(target_epsilon=float(config.target_epsilon), sample_rate=rate, steps=steps,
                                            delta=float(delta), accountant=config.accountant)
     epsilon = compute_epsilon(sample_rate=rate, noise_multiplier=noise, steps=steps, delta=float(delta),

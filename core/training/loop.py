@@ -10,6 +10,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -19,6 +20,9 @@ from core.data.preprocess import Preprocessing, normalize
 from core.jobs import NEVER_CANCELLED, CancelToken
 from core.privacy.noise import DPRandom
 from core.training.metrics import compute_metrics
+
+if TYPE_CHECKING:
+    from opacus.grad_sample.gsm_base import AbstractGradSampleModule
 
 OPTIMIZERS = ("sgd", "adam")
 
@@ -105,6 +109,7 @@ def train_local(
         # Mode C: reproducible with a seed; nothing here is a privacy mechanism.
         flips = torch.Generator().manual_seed(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
     model.to(device).train()
+    optim: torch.optim.Optimizer
     if optimizer == "adam":
         # Adam on DP-SGD's noised gradients is post-processing: the privacy cost is the same.
         optim = torch.optim.Adam(model.parameters(), lr=lr, betas=(momentum, 0.999))
@@ -119,9 +124,11 @@ def train_local(
     per_epoch = len(loader)
     total_steps = per_epoch * epochs
     sample_rate = 1.0 / per_epoch
-    wrapped = None
+    wrapped: AbstractGradSampleModule | None = None
     if dp is not None:
         from core.privacy.dpsgd import make_private, noise_only_step
+
+        assert isinstance(flips, DPRandom)  # with dp, flips is the run's DPRandom
 
         wrapped, optim, loader = make_private(
             model, optim, loader,
