@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "core.commands.trust",
     "core.commands.federation",
     "core.commands.audit_dp",
+    "core.commands.compare",
 )
 
 

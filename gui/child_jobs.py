@@ -89,10 +89,19 @@ def _audit_result(data: dict) -> Any:
     return AuditResult.from_dict(data)
 
 
+def _compare_child(args: dict, progress: ProgressFn, cancel: CancelToken, emit: Callable[[dict], None]) -> dict:
+    from core.compare.config import CompareConfig
+    from core.compare.run import run
+
+    result = run(CompareConfig(**args["config"]), progress=progress, cancel=cancel)
+    return {"results": result.results, "paths": {name: str(path) for name, path in result.paths.items()}}
+
+
 JOBS: dict[str, tuple[Callable, Callable[[dict], Any], Callable[[dict], Any]]] = {
     "train": (_train_child, _train_event, _train_result),
     "join": (_join_child, _join_event, _join_result),
     "audit": (_audit_child, lambda data: data, _audit_result),
+    "compare": (_compare_child, lambda data: data, lambda data: data),
 }
 
 
