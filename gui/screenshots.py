@@ -278,6 +278,17 @@ def _host(window, app, out: Path, tmp: Path, data: list[Path], evaluation: Path,
     return saved
 
 
+def _compared(window) -> None:
+    """The Compare modes page showing the README's default comparison (docs/compare: a real run's results;
+    running it takes half an hour)."""
+    import json
+
+    folder = Path(__file__).resolve().parents[1] / "docs" / "compare"
+    results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    window.pages["compare"].show_result({"results": results, "paths": {"figure": str(folder / "figure.png"),
+                                                                        "report": str(folder / "results.json")}})
+
+
 def _save(window, app, out: Path, name: str) -> list[Path]:
     """The window at 1280x800, and a taller copy when the page scrolls."""
     saved = []
@@ -328,6 +339,7 @@ def render(out: Path, *, quick: bool = False) -> list[Path]:
         _settle(app, window)
         saved += _save(window, app, out, "state-federation-finished")
         saved += _host(window, app, out, tmp, [data, other], tmp / "demo-data" / "test", run=not quick)
+        _compared(window)
         for key in ("models", "privacy", "activity", "settings", "home"):
             window.show_page(key)
             _settle(app, window)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QUrl
+from PySide6.QtCore import Qt, QTimer, QUrl
 from PySide6.QtGui import QDesktopServices, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QScrollArea,
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
@@ -139,6 +140,7 @@ class ComparePage(Page):
         self.open_button.clicked.connect(self.open_report)
         card.body.addWidget(self.open_button, 0, Qt.AlignmentFlag.AlignLeft)
         self.body.addWidget(card)
+        self.results_card = card
 
     def settings(self) -> dict:
         """The CompareConfig fields the form describes (paths as text, for the child job)."""
@@ -187,6 +189,9 @@ class ComparePage(Page):
                                                        Qt.TransformationMode.SmoothTransformation))
             self.figure.setVisible(True)
         self.open_button.setEnabled(True)
+        scroll = self.findChild(QScrollArea)
+        if scroll is not None:  # the figure and table, not the settings, once they are there
+            QTimer.singleShot(0, self, lambda: scroll.verticalScrollBar().setValue(self.results_card.y() - 8))
         config = results["config"]
         synthetic = "synthetic" in results.get("data", {}).get("source", "")
         self.status.show_message(
