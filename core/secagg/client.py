@@ -28,6 +28,7 @@ from core.secagg.messages import (
     EncryptedShares,
     KeyRoster,
     MaskedInput,
+    Message,
     ShareBundle,
     SurvivorSet,
     SurvivorSignature,
@@ -109,7 +110,7 @@ class SecAggClient:
         self.phase = NEW
         self.clipped = 0
 
-    def _expect(self, phase: str, message: object, cls: type, step: str) -> None:
+    def _expect(self, phase: str, message: object, cls: type[Message], step: str) -> None:
         if not isinstance(message, cls):
             raise SecAggError(f"Secure aggregation {step}: expected a {cls.__name__}.")
         if message.round_id != self.params.round_id:
@@ -192,6 +193,7 @@ class SecAggClient:
 
     def _open_bundle(self, bundle: ShareBundle) -> dict[str, tuple[int, int]]:
         view, me = self._roster, self.hospital_id
+        assert view is not None  # set by share_keys, before any bundle is accepted
         if bundle.recipient != me:
             raise SecAggError(f"Refused a share bundle addressed to {bundle.recipient}, not {me}.")
         neighbours = view.peers[me]
@@ -229,9 +231,8 @@ class SecAggClient:
     def mask_encoded(self, bundle: ShareBundle, ring_vector: np.ndarray) -> MaskedInput:
         """Step 3 for a vector already in the ring (uint32 or uint64 as the encoding says)."""
         plan = self._plan_masks(bundle, ring_vector)
-        expander = MaskExpander(plan.ring.shape[0], plan.ring.dtype)
-        masked = np.add(plan.ring, expander.expand(plan.add[0]))  # the only copy of the vector
-        expander.apply(masked, plan.add[1:], plan.subtract)
+        masked = np.empty_like(plan.ring)  # the only copy of the vector
+        MaskExpander(masked.shape[0], masked.dtype).apply(masked, plan.add, plan.subtract, start=plan.ring)
         return self._sign_masked(plan, masked)
 
     def _plan_masks(self, bundle: ShareBundle, ring_vector: np.ndarray) -> MaskPlan:
@@ -246,6 +247,7 @@ class SecAggClient:
             )
         held = self._open_bundle(bundle)
         view, me, round_id = self._roster, self.hospital_id, self.params.round_id
+        assert view is not None  # set by share_keys, before any bundle is accepted
         alive = len(held) + 1
         if alive < self.params.threshold:
             raise SecAggAborted(
@@ -282,6 +284,7 @@ class SecAggClient:
 
     def _check_lists(self, survivors_list: tuple[str, ...], dropped_list: tuple[str, ...]) -> None:
         view, me = self._roster, self.hospital_id
+        assert view is not None  # set by share_keys, before any survivor set is accepted
         survivors, dropped = set(survivors_list), set(dropped_list)
         both = survivors & dropped
         if both:
@@ -336,6 +339,7 @@ class SecAggClient:
                 f"{self.params.threshold} needed; nothing was revealed."
             )
         survivors, dropped = set(request.survivors), set(request.dropped)
+        assert self._own_shares is not None  # set by share_keys, cleared only by this answer
         shares = {**self._held, me: self._own_shares}
         unsigned = UnmaskResponse(
             self.params.round_id,

@@ -133,7 +133,7 @@ def fixed_point_for_bound(bound: float, num_hospitals: int, bits: int = 32) -> F
 def _random_offsets(length: int) -> np.ndarray:
     """``length`` floats uniform in [-1/2, 1/2) (steps of 2^-32) from AES-256-CTR keyed by os.urandom."""
     raw = np.empty(length * 4 + 16, np.uint8)
-    keystream(os.urandom(32)).update_into(np.zeros(length * 4, np.uint8), raw)
+    keystream(os.urandom(32)).update_into(np.zeros(length * 4, np.uint8).data, raw.data)  # .data: see prg
     # Signed view: int32 -> float64 converts several times faster than uint32 -> float64.
     return np.multiply(raw[: length * 4].view(np.int32), 2.0**-32)
 

@@ -6,7 +6,7 @@ is one vector plus per-hospital keys and shares, whatever the number of hospital
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping, Set
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,7 +103,7 @@ class SecAggServer:
         return frozenset(self._responded)
 
     def _check(
-        self, message: Message, cls: type, phase: str, allowed: frozenset[str] | set[str], seen
+        self, message: Message, cls: type[Message], phase: str, allowed: Set[str], seen: Container[str]
     ) -> None:
         if not isinstance(message, cls):
             raise SecAggError(f"Refused a message: expected {cls.__name__}.")
@@ -168,6 +168,7 @@ class SecAggServer:
     # Phase 2 ---------------------------------------------------------------------------------
     def receive_shares(self, message: EncryptedShares) -> None:
         self._check(message, EncryptedShares, SHARING, self._adverts.keys(), self._shares)
+        assert self._roster is not None  # set when the round entered SHARING
         expected = self._roster.peers[message.sender]
         if set(message.ciphertexts) != expected:
             raise SecAggError(
@@ -203,15 +204,17 @@ class SecAggServer:
     # Phase 3 ---------------------------------------------------------------------------------
     def receive_masked_input(self, message: MaskedInput) -> None:
         self._check(message, MaskedInput, MASKING, self._commitments.keys(), self._masked)
+        ring_sum = self._sum
+        assert ring_sum is not None  # set when the round entered MASKING
         vector = message.vector
         if (
             not isinstance(vector, np.ndarray)
-            or vector.dtype != self._sum.dtype
-            or vector.shape != self._sum.shape
+            or vector.dtype != ring_sum.dtype
+            or vector.shape != ring_sum.shape
         ):
             raise SecAggError(
                 f"Refused the input of {message.sender}: expected {self.params.vector_length} values of "
-                f"{self._sum.dtype.name}."
+                f"{ring_sum.dtype.name}."
             )
         if not verify(
             self._peer_keys[message.sender], message.signature, *message.signed_fields(vector_digest(vector))
@@ -219,7 +222,7 @@ class SecAggServer:
             raise SecAggError(
                 f"Refused the input of {message.sender}: the signature does not match its identity."
             )
-        np.add(self._sum, vector, out=self._sum)
+        np.add(ring_sum, vector, out=ring_sum)
         self._masked.add(message.sender)
 
     def close_masking(self) -> SurvivorSet:
@@ -237,6 +240,7 @@ class SecAggServer:
     def receive_survivor_signature(self, message: SurvivorSignature) -> None:
         self._check(message, SurvivorSignature, CONSISTENCY, self._masked, self._survivor_signatures)
         survivor_set = self._survivor_set
+        assert survivor_set is not None  # set when the round entered CONSISTENCY
         fields = survivor_fields(self.params.round_id, survivor_set.survivors, survivor_set.dropped)
         if not verify(self._peer_keys[message.sender], message.signature, *fields):
             raise SecAggError(
@@ -248,6 +252,7 @@ class SecAggServer:
         self._closing(CONSISTENCY)
         self._need(len(self._survivor_signatures), "signed the survivor set")
         survivor_set = self._survivor_set
+        assert survivor_set is not None  # set when the round entered CONSISTENCY
         self._request = UnmaskRequest(
             self.params.round_id,
             survivors=survivor_set.survivors,
@@ -260,8 +265,10 @@ class SecAggServer:
     # Phase 5 ---------------------------------------------------------------------------------
     def receive_unmask(self, message: UnmaskResponse) -> None:
         self._check(message, UnmaskResponse, UNMASKING, self._survivor_signatures.keys(), self._responded)
-        if set(message.seed_shares) != set(self._request.survivors) or set(message.key_shares) != set(
-            self._request.dropped
+        request, roster = self._request, self._roster
+        assert request is not None and roster is not None  # both set before the round entered UNMASKING
+        if set(message.seed_shares) != set(request.survivors) or set(message.key_shares) != set(
+            request.dropped
         ):
             raise SecAggError(
                 f"Refused the unmasking answer of {message.sender}: it does not answer the request."
@@ -270,7 +277,7 @@ class SecAggServer:
             raise SecAggError(
                 f"Refused the unmasking answer of {message.sender}: the signature does not match."
             )
-        x = self._roster.position[message.sender]
+        x = roster.position[message.sender]
         for owner, value in message.seed_shares.items():
             self._seed_shares.setdefault(owner, {})[x] = value
         for owner, value in message.key_shares.items():
@@ -292,8 +299,9 @@ class SecAggServer:
         if self.phase != UNMASKING:
             raise SecAggError(f"Secure aggregation cannot finish at step '{self.phase}'.")
         self._need(len(self._responded), "answered the unmasking request")
-        round_id, roster = self.params.round_id, self._roster
-        survivors, dropped = self._request.survivors, self._request.dropped
+        round_id, roster, request, ring_sum = self.params.round_id, self._roster, self._request, self._sum
+        assert roster is not None and request is not None and ring_sum is not None  # set before UNMASKING
+        survivors, dropped = request.survivors, request.dropped
         try:
             # Every secret is rebuilt and checked before the sum is touched.
             self_seeds = []
@@ -302,7 +310,8 @@ class SecAggServer:
                 if self_mask_digest(round_id, owner, seed) != self._commitments[owner]:
                     raise SecAggError(f"the self-mask shares of {owner} do not match its commitment")
                 self_seeds.append(seed)
-            add, subtract = [], []
+            add: list[bytes] = []
+            subtract: list[bytes] = []
             for owner in dropped:
                 key, public = x25519_from_private_bytes(self._rebuild(self._key_shares, owner, "key shares"))
                 if public != roster.adverts[owner].mask_public:
@@ -317,7 +326,6 @@ class SecAggServer:
         except SecAggError as exc:
             self.abort()
             raise SecAggAborted(f"Secure aggregation aborted: {exc}; nothing was revealed.") from exc
-        ring_sum = self._sum
         expander = MaskExpander(ring_sum.shape[0], ring_sum.dtype)
         expander.apply(ring_sum, add=add, subtract=self_seeds + subtract)
         self._sum = None

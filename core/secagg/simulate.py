@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
+from typing import TypeVar
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -11,7 +12,7 @@ from core.errors import SecAggError
 from core.secagg.client import SecAggClient
 from core.secagg.crypto import ed25519_public_bytes
 from core.secagg.encoding import FixedPoint, encode, fixed_point_for_bound
-from core.secagg.messages import MaskedInput, Message, ShareBundle, parse_message
+from core.secagg.messages import MaskedInput, Message, ShareBundle
 from core.secagg.params import RoundParams
 from core.secagg.prg import MaskExpander
 from core.secagg.server import AggregateResult, SecAggServer
@@ -21,8 +22,11 @@ def hospital_ids(count: int) -> list[str]:
     return [f"h{index:03d}" for index in range(count)]
 
 
-def _wire(message: Message) -> Message:
-    return parse_message(message.to_bytes())
+_M = TypeVar("_M", bound=Message)
+
+
+def _wire(message: _M) -> _M:
+    return type(message).from_bytes(message.to_bytes())
 
 
 def mask_together(
@@ -39,19 +43,16 @@ def mask_together(
     ]
     if not plans:
         return []
-    expander = MaskExpander(plans[0].ring.shape[0], plans[0].ring.dtype)
-    # add[0] is each hospital's own self-mask seed: adding it makes the output without a separate copy.
-    outputs = [np.add(plan.ring, expander.expand(plan.add[0])) for plan in plans]
-    targets: dict[bytes, list[tuple[np.ndarray, bool]]] = {}
+    outputs = [np.empty_like(plan.ring) for plan in plans]
+    uses: dict[bytes, list[tuple[np.ndarray, bool]]] = {}
     for plan, output in zip(plans, outputs, strict=True):
-        for seed in plan.add[1:]:
-            targets.setdefault(seed, []).append((output, True))
+        for seed in plan.add:
+            uses.setdefault(seed, []).append((output, True))
         for seed in plan.subtract:
-            targets.setdefault(seed, []).append((output, False))
-    for seed, uses in targets.items():
-        mask = expander.expand(seed)
-        for output, add in uses:
-            (np.add if add else np.subtract)(output, mask, out=output)
+            uses.setdefault(seed, []).append((output, False))
+    MaskExpander(outputs[0].shape[0], outputs[0].dtype).apply_many(
+        list(uses.items()), starts=[(output, plan.ring) for plan, output in zip(plans, outputs, strict=True)]
+    )
     return [
         client._sign_masked(plan, output)
         for client, plan, output in zip(clients, plans, outputs, strict=True)
@@ -86,11 +87,11 @@ def run_round(
         hospital: SecAggClient(params, hospital, key, peers) for hospital, key in zip(ids, keys, strict=True)
     }
 
-    def upload(hospital: str, message: Message) -> Message:
+    def upload(hospital: str, message: _M) -> _M:
         data = message.to_bytes()
         if on_upload is not None:
             on_upload(hospital, data)
-        return parse_message(data)
+        return type(message).from_bytes(data)
 
     def present(dropouts: Collection[int], among: Collection[str]) -> list[str]:
         gone = {ids[i] for i in dropouts}
