@@ -164,3 +164,53 @@ def test_check_delta():
         check_delta(0.0, 200)
     with pytest.raises(PrivacyError, match="positive whole number"):
         check_delta(1e-5, 0)
+
+
+def test_the_cached_rdp_curve_gives_exactly_opacus_epsilon_round_after_round():
+    # A federation's charges: the same (sigma, q) again and again, then other pairs sharing sigma or q
+    # (a cache keyed on one of them alone would answer with the wrong curve).
+    history = []
+    for steps in (1, 2, 3, 50, 51):
+        history = [(1.0, 0.2, steps)]
+        assert compute_epsilon_history(history, delta=1e-4) == opacus_epsilon("rdp", history, 1e-4)
+    for extra in [(1.0, 0.05, 7), (1.3, 0.2, 4), (1.3, 0.05, 1)]:
+        history = history + [extra]
+        assert compute_epsilon_history(history, delta=1e-4) == opacus_epsilon("rdp", history, 1e-4)
+
+
+def test_a_charge_after_the_first_asks_opacus_for_no_new_rdp_curve(monkeypatch):
+    from opacus.accountants.analysis import rdp as analysis
+
+    compute_epsilon(sample_rate=0.123, noise_multiplier=1.07, steps=1, delta=1e-5)
+    calls = []
+    real = analysis.compute_rdp
+    monkeypatch.setattr(analysis, "compute_rdp", lambda **kwargs: calls.append(kwargs) or real(**kwargs))
+    value = compute_epsilon(sample_rate=0.123, noise_multiplier=1.07, steps=40, delta=1e-5)
+    assert calls == []
+    monkeypatch.undo()
+    assert value == opacus_epsilon("rdp", [(1.07, 0.123, 40)], 1e-5)
+
+
+def test_the_rdp_orders_are_opacus_default_orders():
+    from core.privacy.accountant import RDP_ORDERS
+
+    assert RDP_ORDERS == RDPAccountant.DEFAULT_ALPHAS
+
+
+def test_epsilon_without_opacus_loaded_is_opacus_epsilon_and_loads_no_torch():
+    # A coordinator states epsilon in its model cards; it must not need torch for that.
+    import json
+    import subprocess
+    import sys
+
+    history = [(1.0, 0.2, 160), (1.3, 0.05, 7)]
+    script = (
+        "import json, sys\n"
+        "from core.privacy.accountant import compute_epsilon_history\n"
+        f"value = compute_epsilon_history({history!r}, delta=1e-4)\n"
+        "print(json.dumps([value, sorted(m for m in ('torch', 'opacus') if m in sys.modules)]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    value, loaded = json.loads(done.stdout)
+    assert loaded == []
+    assert value == opacus_epsilon("rdp", history, 1e-4)
