@@ -81,6 +81,10 @@ def register(subparsers) -> None:
     serve.add_argument("--host", help="address to listen on (default: from coordinator.toml)")
     serve.add_argument("--port", type=int, help="port to listen on (default: from coordinator.toml)")
     serve.set_defaults(func=_serve)
+    evaluator = sub.add_parser("evaluator", help="(internal) the evaluation child process of `serve` "
+                                                 "(core.federation.evaluation)")
+    evaluator.add_argument("folder", type=Path)
+    evaluator.set_defaults(func=_evaluator)
 
     start = sub.add_parser("start", help="start `serve` in the background (as the app does) and wait until it answers")
     start.add_argument("folder", type=Path)
@@ -202,6 +206,12 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"Serving the federation in {args.folder} (Ctrl+C or SIGTERM stops it gracefully).", file=sys.stderr)
     serve(args.folder, host=args.host, port=args.port)
     return 0
+
+
+def _evaluator(args: argparse.Namespace) -> int:
+    from core.federation.evaluation import serve
+
+    return serve(args.folder)
 
 
 def _start(args: argparse.Namespace) -> int:

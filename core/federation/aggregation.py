@@ -98,20 +98,20 @@ class PlainAggregation:
         self.threshold = threshold
 
     def receive(self, step: Step, sender: str, body: bytes) -> None:
-        from core.federation.weights import tensors_from_bytes
+        from core.federation.weights import arrays_from_bytes
 
         try:
-            tensors_from_bytes(body, expected=self.layout.shapes, what="model update")
+            arrays_from_bytes(body, expected=self.layout.shapes, what="model update")
         except FederationError as exc:
             raise Refused(400, str(exc)) from exc
 
     def finish_from(self, updates: Iterable[tuple[str, bytes]], num_images: Mapping[str, int]) -> Aggregate:
-        from core.federation.weights import tensors_from_bytes
+        from core.federation.weights import arrays_from_bytes
 
         total = np.zeros(self.layout.length, dtype=np.float64)
         weight, senders = 0.0, []
         for sender, body in updates:
-            delta = self.layout.flatten(tensors_from_bytes(body, expected=self.layout.shapes, what="model update"))
+            delta = self.layout.flatten(arrays_from_bytes(body, expected=self.layout.shapes, what="model update"))
             total += num_images[sender] * delta
             weight += num_images[sender]
             senders.append(sender)

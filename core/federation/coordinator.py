@@ -8,8 +8,10 @@ The parts (each testable on its own):
   returning the next action (freeze the roster, open an attempt, close a step, stop);
 - ``SecureAggregation`` / ``PlainAggregation`` (aggregation.py): how a round's messages become an
   aggregate, per mode, streaming;
-- ``ModelPublisher`` and ``Evaluation`` (publisher.py): the global weights, the server optimizer and the
-  signed model package with its ε bound and card;
+- ``ModelPublisher`` (publisher.py): the global weights, the server optimizer and the signed model
+  package with its ε bound and card, with numpy only (the serving process does not import torch);
+- ``EvaluationProcess`` (evaluation.py): the evaluation on the coordinator's own held-out images, in a
+  child process;
 - ``Presence`` (presence.py): which hospitals are there.
 
 This class holds the lock: request handlers call ``enroll``, ``sign_roster``, ``submit``, ``leave_round``,
@@ -65,7 +67,7 @@ from core.federation.round_machine import (
 from core.federation.round_state import RoundState
 
 if TYPE_CHECKING:
-    from core.federation.publisher import Evaluation
+    from core.federation.evaluation import EvaluationProcess
     from core.federation.store import RoundRecord
     from core.secagg import RoundParams
 
@@ -110,7 +112,7 @@ class Coordinator:
         self._aggregation: SecureAggregation | PlainAggregation | None = None
         self._submitted: dict[Step, set[str]] = {}
         self._left: set[str] = set()
-        self._evaluation: Evaluation | None = None
+        self._evaluation: EvaluationProcess | None = None
         self._hospitals = {h.hospital_id: h for h in self.store.hospitals()}
         last = self.store.last_round()
         self._last_round = self._summary(last) if last is not None else None
@@ -127,11 +129,11 @@ class Coordinator:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Load the evaluation data (if any), publish the initial model and start advancing."""
-        from core.federation.publisher import Evaluation
+        """Start the evaluation (if any), publish the initial model and start advancing."""
+        from core.federation.evaluation import EvaluationProcess
 
         if self.settings.eval_data:
-            self._evaluation = Evaluation(self.settings, self.plan, self.paths.root / "cache")
+            self._evaluation = EvaluationProcess(self.paths.root, self.settings, self.plan, self.layout)
         with self._lock:
             if self.state.model_round == 0 and not self.paths.model_package(0).exists():
                 self.publisher.publish(0, contributors={}, rounds_taken={}, metrics={})
@@ -144,6 +146,8 @@ class Coordinator:
         self._kick.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        if self._evaluation is not None:
+            self._evaluation.close()
         self.store.close()
 
     def add_listener(self, callback: Callable[[], object]) -> None:
@@ -308,9 +312,12 @@ class Coordinator:
         if len(body) > limit:
             raise Refused(413, f"The {step} message is {len(body)} bytes, above the limit of {limit}.")
         with self._lock:
-            self._check_open(hospital_id, round, attempt, step)
-            if hospital_id in self._submitted.get(step, set()):
+            if self._already_sent(hospital_id, round, attempt, step):
+                # A retry whose first try got through, though its answer was lost (the coordinator was
+                # killed, the link cut): the step or the round may have moved on since. "duplicate" tells the
+                # hospital that its message is in; any other refusal would end its run.
                 raise Refused(409, f"This hospital already sent its {step} message for round {round}.", "duplicate")
+            self._check_open(hospital_id, round, attempt, step)
             if step != self.steps[0] and hospital_id not in self._expected(step):
                 raise Refused(409, f"This hospital is not part of round {round} step {step} (it joined late or dropped out).")
             self._receive(hospital_id, step, body)
@@ -319,6 +326,14 @@ class Coordinator:
             self._submitted.setdefault(step, set()).add(hospital_id)
             self._changed()
         self._kick.set()
+
+    def _already_sent(self, hospital_id: str, round: int, attempt: int, step: Step) -> bool:
+        if self.status == Status.RUNNING and (round, attempt) == (self.state.round, self.state.attempt):
+            return hospital_id in self._submitted.get(step, set())
+        released = self.store.round_record(round)
+        if released is not None:  # its messages are gone: was the hospital's update in the released attempt?
+            return released.attempts == attempt and hospital_id in released.included
+        return hospital_id in self.store.message_senders(round, attempt, step)
 
     def _receive(self, hospital_id: str, step: Step, body: bytes) -> None:
         assert self._aggregation is not None  # an attempt is open
@@ -556,7 +571,7 @@ class Coordinator:
         self.publisher.step(server_gradient(self.plan, aggregate, images, state.max_images))
         metrics: dict = {}
         if self._evaluation is not None and self._evaluation.due(round):
-            metrics = self._evaluation.evaluate(self.publisher.load_into_model())
+            metrics = self._evaluation.evaluate(self.publisher.weights)
         records = self._hospitals.values()
         taken = {h.hospital_id: (h.rounds_included + (h.hospital_id in included), h.num_images) for h in records}
         contributors = {h.name: h.num_images for h in records if taken[h.hospital_id][0] > 0}

@@ -279,6 +279,11 @@ def init_federation(config: InitConfig) -> InitResult:
     signing_key = generate_private_key()
     save_private_key(signing_key, paths.signing_key)
     save_plan(plan, paths.plan)
+    # The model before round 1 and its layout, so that the coordinator never builds it (core.federation.model_state).
+    from core.federation.model_state import write_initial_state
+
+    paths.models.mkdir(parents=True, exist_ok=True)
+    write_initial_state(paths.server_state(0), plan)
     bind_host = config.bind_host or ("127.0.0.1" if set(config.hosts) <= _LOOPBACK else "0.0.0.0")
     settings = CoordinatorSettings(url=url, hosts=list(config.hosts), port=config.port, bind_host=bind_host,
                                    eval_data=str(Path(config.eval_data).resolve()) if config.eval_data else None)

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.data import DR_CLASSES, Preprocessing, prepare, preprocess
-from core.data.preprocess import normalize
+from core.data import DR_CLASSES, Preprocessing, prepare
+from core.data.preprocess import normalize, preprocess
 from core.errors import ConfigError, InferenceError, ModelError, ModelPackageError
 from core.inference.assessment import VALIDATED, ModelAssessment, assess, evaluation_of
 from core.inference.input_check import InputCheck, check_input

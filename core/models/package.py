@@ -22,19 +22,23 @@ import json
 import math
 import numbers
 import zipfile
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeGuard
+from typing import TYPE_CHECKING, Any, TypeGuard
 
-import torch
-from torch import nn
+import numpy as np
 
 from core.config import atomic_write_bytes
 from core.errors import ModelError, ModelPackageError, SignatureError
-from core.models.registry import MODEL_NAMES, build_model, check_weights, load_weights
+from core.models.names import MODEL_NAMES
 from core.signing import fingerprint, public_key_bytes, sign, verify
+
+if TYPE_CHECKING:  # torch is imported where weights are read or checked as tensors, not to write a card
+    import torch
+    from torch import nn
 
 WEIGHTS = "weights.safetensors"
 CARD = "card.json"
@@ -193,6 +197,8 @@ def write_package(
     """
     from safetensors.torch import save
 
+    from core.models.registry import check_weights
+
     path = Path(path)
     card = ModelCard.from_dict(card.to_dict())
     try:
@@ -200,7 +206,32 @@ def write_package(
     except ModelError as exc:
         raise ModelPackageError(str(exc)) from exc
     tensors = {name: tensor.detach().to("cpu").contiguous().clone() for name, tensor in state_dict.items()}
-    weights = save(tensors)
+    return _write_signed(path, save(tensors), card, signing_key)
+
+
+def write_package_arrays(
+    path: Path, arrays: Mapping[str, np.ndarray], card: ModelCard, signing_key, *, shapes: Mapping[str, tuple]
+) -> str:
+    """write_package from float32 numpy arrays, without torch (the coordinator's serving process).
+
+    ``shapes`` (name -> shape) are the architecture's, as a model built from it has them: the arrays must
+    be exactly those, finite float32, so that the package loads wherever write_package's would.
+    """
+    from safetensors.numpy import save
+
+    path = Path(path)
+    card = ModelCard.from_dict(card.to_dict())
+    if set(arrays) != set(shapes):
+        raise ModelPackageError(f"The weights for {path.name} do not fit {card.architecture} "
+                                f"(names differ: {sorted(set(arrays) ^ set(shapes))[:3]}).")
+    for name, array in arrays.items():
+        if array.dtype != np.float32 or tuple(array.shape) != tuple(shapes[name]) or not np.isfinite(array).all():
+            raise ModelPackageError(f"The weights for {path.name}: tensor {name} must be finite float32 of shape "
+                                    f"{tuple(shapes[name])}.")
+    return _write_signed(path, save({k: np.ascontiguousarray(v) for k, v in arrays.items()}), card, signing_key)
+
+
+def _write_signed(path: Path, weights: bytes, card: ModelCard, signing_key) -> str:
     try:
         card_bytes = (json.dumps(card.to_dict(), sort_keys=True, indent=2, allow_nan=False) + "\n").encode()
     except (TypeError, ValueError) as exc:
@@ -259,6 +290,8 @@ def read_package(
 
     card = ModelCard.from_dict(_parse_json(card_bytes, name, CARD))
     state_dict = _parse_weights(weights, name)
+    from core.models.registry import check_weights
+
     try:
         check_weights(_empty_model(card), state_dict, source=f"{name}: {WEIGHTS}")
     except ModelError as exc:
@@ -277,6 +310,8 @@ def read_package(
 
 def load_model(package: ModelPackage) -> nn.Module:
     """The packaged model, weights loaded, in eval mode."""
+    from core.models.registry import build_model, load_weights
+
     card = package.card
     model = build_model(card.architecture, len(card.classes))
     try:
@@ -293,6 +328,8 @@ def _empty_model(card: ModelCard) -> nn.Module:
 @functools.lru_cache(maxsize=8)
 def _reference_model(architecture: str, num_classes: int) -> nn.Module:
     # Only its tensor names and shapes are read (check_weights), never its values.
+    from core.models.registry import build_model
+
     return build_model(architecture, num_classes)
 
 
@@ -347,8 +384,10 @@ def _read_members(data: bytes, name: str) -> dict[str, bytes]:
                         "(checksum mismatch); do not use this model, get a fresh copy from its sender."
                     ) from exc
                 raise ModelPackageError(f"{name}: {info.filename} cannot be unpacked ({exc}).") from exc
-            except (RuntimeError, NotImplementedError, OSError, EOFError, ValueError) as exc:
-                raise ModelPackageError(f"{name}: {info.filename} cannot be unpacked ({exc}).") from exc
+            except (RuntimeError, NotImplementedError, OSError, EOFError, ValueError, zlib.error) as exc:
+                # zlib.error: a damaged deflate stream (it is none of the others)
+                raise ModelPackageError(f"{name}: {info.filename} cannot be unpacked ({exc}); get a fresh copy "
+                                        "from its sender.") from exc
             if len(content) > limit:
                 raise ModelPackageError(f"{name}: {info.filename} is larger than the {limit:,} bytes allowed.")
             members[info.filename] = content

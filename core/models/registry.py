@@ -10,11 +10,10 @@ import torch
 from torch import nn
 
 from core.errors import ModelError
+from core.models.names import MODEL_NAMES
 from core.models.resnet import ResNet18GN
 from core.models.small_cnn import SmallCNN
 from core.models.squeezenet import SqueezeNet11
-
-MODEL_NAMES = ("squeezenet1_1", "resnet18_gn", "small_cnn")
 
 _BUILDERS: dict[str, Callable[[int], nn.Module]] = {
     "squeezenet1_1": SqueezeNet11,

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from core.data import Preprocessing, Sample, load_tensors, normalize, preprocess, resize_crop
+from core.data import Preprocessing, Sample, load_tensors, normalize, resize_crop
 from core.data.fundus import find_disc
-from core.data.preprocess import prepare
+from core.data.preprocess import prepare, preprocess
 from core.data.synthetic import camera_photograph
 from core.errors import ConfigError
 

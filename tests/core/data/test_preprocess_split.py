@@ -3,7 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from core.data import Preprocessing, normalize, preprocess, resize_crop, stratified_split
+from core.data import Preprocessing, normalize, resize_crop, stratified_split
+from core.data.preprocess import preprocess
 from core.errors import ConfigError, DataError
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from core.federation.evaluation import Evaluation
 from core.federation.layout import CoordinatorSettings
 from core.federation.plan import FederationPlan
-from core.federation.publisher import Evaluation
 from core.inference import assess
 from core.models.registry import build_model
 

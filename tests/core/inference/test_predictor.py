@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from core.data import Preprocessing, load_image, normalize, preprocess
+from core.data import Preprocessing, load_image, normalize
 from core.data.cache import load_tensors
 from core.data.dataset import Sample
+from core.data.preprocess import preprocess
 from core.errors import DataError, ModelPackageError, SignatureError
 from core.inference import open_model
 from core.models.package import ModelCard, load_model, read_package, write_package
