@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-packages demo test test-fast lint bench clean
+.PHONY: setup system-packages demo test test-fast lint bench clean reliability
 
 # The venv is rebuilt whenever the dependency list changes.
 $(STAMP): pyproject.toml
@@ -28,6 +28,22 @@ test: $(STAMP) system-packages
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q
+
+# The reliability campaign (issue 13, README "Reliability"): the same tests as the slice in `make test`, with
+# thousands of fuzz cases per input surface instead of a few hundred, plus the tests marked `campaign`
+# (sslyze against the coordinator). Exits non-zero on any violated invariant; counts and reports go to
+# build/reliability/. sslyze has its own environment: it needs cryptography<47, Dopamine pins 50.
+SSLYZE_PY := $(VENV)/sslyze/bin/python
+SSLYZE_STAMP := $(VENV)/sslyze/.installed
+
+$(SSLYZE_STAMP): tests/reliability/sslyze-requirements.txt
+	test -x $(SSLYZE_PY) || $(PY) -m venv $(VENV)/sslyze
+	$(SSLYZE_PY) -m pip install --quiet -r tests/reliability/sslyze-requirements.txt
+	touch $(SSLYZE_STAMP)
+
+reliability: $(STAMP) $(SSLYZE_STAMP)
+	DOPAMINE_FUZZ_PROFILE=reliability DOPAMINE_SSLYZE=$(abspath $(SSLYZE_PY)) QT_QPA_PLATFORM=offscreen \
+		$(BIN)/python -m pytest -q tests/reliability
 
 # The inner loop: no processes, servers or windows (tests/conftest.py marks those slow).
 test-fast: $(STAMP)

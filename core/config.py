@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tempfile
 import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -35,14 +38,22 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 
 def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    """Build dataclass ``cls`` from a dict, refusing unknown keys and newer schema versions."""
+    """Build dataclass ``cls`` from a dict, refusing unknown keys, newer schema versions and values of the
+    wrong type (a file from outside: a plan in an invitation, a TOML file someone edited)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"The {cls.__name__} must be a table of settings, not {type(data).__name__}.")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(fields)
     if unknown:
-        raise ConfigError(f"Unknown setting(s) {sorted(unknown)} for {cls.__name__}; remove them.")
+        raise ConfigError(f"Unknown setting(s) {sorted(map(str, unknown))!r:.200} for {cls.__name__}; remove them.")
+    hints = _type_hints(cls)
+    for name, value in data.items():
+        if name in hints and not _fits(value, hints[name]):
+            raise ConfigError(f"Setting {name!r} of {cls.__name__} must be {_describe(hints[name])}, not "
+                              f"{value!r:.60}; fix it or ask for a new file.")
     version = data.get("schema_version")
     default_version = getattr(cls, "schema_version", 1)
-    if version is not None and int(version) > int(default_version):
+    if isinstance(version, int) and version > int(default_version):
         raise ConfigError(
             f"This {cls.__name__} was written by a newer Dopamine (schema {version}); update the app."
         )
@@ -55,6 +66,59 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         return cls(**kwargs)
     except TypeError as exc:
         raise ConfigError(f"Invalid {cls.__name__}: {exc}") from exc
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except (NameError, TypeError):  # an annotation only a type checker can resolve: those fields go unchecked
+        return {}
+
+
+def _fits(value: Any, annotation: Any) -> bool:
+    """Whether a value read from TOML or JSON has the field's type (ints count as floats; floats must be
+    finite: TOML writes inf and nan, and no setting means them)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arm) for arm in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False
+        try:
+            return math.isfinite(value)
+        except OverflowError:  # an int beyond any float
+            return False
+    if annotation is str:
+        return isinstance(value, str)
+    if annotation is Path:
+        return isinstance(value, str | Path)
+    if origin is list or annotation is list:
+        items = typing.get_args(annotation)
+        return isinstance(value, list) and (not items or all(_fits(v, items[0]) for v in value))
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    if origin is tuple or annotation is tuple:
+        return isinstance(value, list | tuple)
+    return True  # any other annotation: not checked here
+
+
+def _describe(annotation: Any) -> str:
+    names = {bool: "true or false", int: "a whole number", float: "a finite number", str: "a text",
+             Path: "a path", type(None): "absent"}
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arm) for arm in typing.get_args(annotation) if arm is not type(None))
+    if typing.get_origin(annotation) is list or annotation is list:
+        items = typing.get_args(annotation)
+        return f"a list of {_describe(items[0]).removeprefix('a ')}s" if items else "a list"
+    if typing.get_origin(annotation) is dict or annotation is dict:
+        return "a table"
+    return names.get(annotation, str(annotation))
 
 
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:

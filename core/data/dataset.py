@@ -121,9 +121,17 @@ def _open_folders(root: Path) -> HospitalDataset:
                            unused_files=unused)
 
 
+def _grade(text: str) -> int | None:
+    """The DR grade 0-4 that ``text`` is written as, else None. ASCII digits only: str.isdigit() also
+    accepts "¹" or "٣", which int() refuses or reads as a grade nobody wrote."""
+    if text.isascii() and text.isdigit() and int(text) < len(DR_CLASSES):
+        return int(text)
+    return None
+
+
 def _class_mapping(names: list[str]) -> tuple[list[str], dict[str, int]]:
     """Folders 0..4 or the DR grade names map to the DR grades; any other names are classes in sorted order."""
-    if all(n.isdigit() and int(n) < len(DR_CLASSES) for n in names):
+    if all(_grade(n) is not None for n in names):
         return list(DR_CLASSES), {n: int(n) for n in names}
     by_lower = {c.lower(): i for i, c in enumerate(DR_CLASSES)}
     if all(n.lower() in by_lower for n in names):
@@ -249,7 +257,7 @@ def _read_label_csv(path: Path) -> tuple[dict[str, tuple[int, int]], dict[str, s
             problems.append(Problem(f"{path.name}:{line}", "no_image_for_csv_row",
                                     f"{path.name} line {line}: the id_code is empty"))
             continue
-        if not (value.isdigit() and int(value) < len(DR_CLASSES)):
+        if _grade(value) is None:
             rejected.setdefault(id_code, f"{path.name} line {line}: diagnosis {value!r} is not a grade 0-4; fix the row")
             continue
         grade = int(value)

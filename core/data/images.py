@@ -29,7 +29,8 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -217,15 +218,14 @@ class _PillowFile(ImageFile):
                 self._check_size(image)
                 # A full load (never LOAD_TRUNCATED_IMAGES) is what catches truncated files.
                 image.load()
-                image = ImageOps.exif_transpose(image)
-                return _to_rgb(image)
+                return _to_rgb(ImageOps.exif_transpose(image))
 
     @staticmethod
     def _check_size(image: Image.Image) -> None:
         if image.width * image.height > (Image.MAX_IMAGE_PIXELS or 0) > 0:
             raise Image.DecompressionBombError("too many pixels")
 
-    def _guard(self):
+    def _guard(self) -> _pillow_errors:
         return _pillow_errors(self.name)
 
 
@@ -241,7 +241,9 @@ class _pillow_errors:  # noqa: N801 - used as a context manager
         # Pillow only warns between MAX_IMAGE_PIXELS and twice that; a hostile file is refused at once.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
 
-    def __exit__(self, kind, exc, traceback) -> bool:
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> Literal[False]:
         self._warnings.__exit__(kind, exc, traceback)
         if exc is None or isinstance(exc, ImageReadError):
             return False
@@ -334,7 +336,8 @@ class _DicomFile(ImageFile):
         except InvalidDicomError as exc:
             raise ImageReadError(f"{name}: not a DICOM file (no DICM marker).", NOT_IMAGE) from exc
         except Exception as exc:
-            raise ImageReadError(f"{name}: DICOM header is corrupt or incomplete ({exc}); export the file again.",
+            raise ImageReadError(f"{name}: DICOM header is corrupt or incomplete ({_one_line(exc)}); export the file "
+                                 "again.",
                                  TRUNCATED if isinstance(exc, EOFError) else UNREADABLE) from exc
         self._ended_early = any("end of file" in str(w.message).lower() for w in caught)
         self._dataset = dataset
@@ -350,9 +353,9 @@ class _DicomFile(ImageFile):
             samples = int(dataset.get("SamplesPerPixel", 1))
             self._photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
             bits = int(dataset.get("BitsStored", 8) or 8)
-        except (AttributeError, ValueError, TypeError) as exc:
-            raise ImageReadError(f"{name}: DICOM image attributes are missing or invalid ({exc}).",
-                                 UNREADABLE) from exc
+        except Exception as exc:  # a hostile header fails in many ways (an unknown VR: NotImplementedError)
+            raise ImageReadError(f"{name}: DICOM image attributes are missing or invalid ({_one_line(exc)}); "
+                                 "export the file again.", UNREADABLE) from exc
         if rows < 1 or columns < 1 or frames < 1:
             raise ImageReadError(f"{name}: DICOM image has no pixels ({rows}x{columns}, {frames} frames).",
                                  UNREADABLE)
@@ -365,6 +368,12 @@ class _DicomFile(ImageFile):
                                  "series.", TOO_MANY_FRAMES)
         if samples not in (1, 3):
             raise ImageReadError(f"{name}: DICOM with {samples} samples per pixel is not supported.", UNREADABLE)
+        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+        if syntax is not None and not syntax.is_transfer_syntax:
+            # pydicom knows no such encoding (a newer one such as JPEG XL, or a damaged header): its pixel
+            # data cannot be read, and asking pydicom whether it is compressed raises ValueError.
+            raise ImageReadError(f"{name}: its transfer syntax {_clean(str(syntax))[:64]!r} is not one this Dopamine "
+                                 "can decode; export the file uncompressed, as JPEG or as JPEG 2000.", UNREADABLE)
         self.info = ImageInfo(
             width=columns, height=rows, frames=frames, format="DICOM",
             laterality=dicom_laterality(dataset) or laterality_from_name(name),
@@ -384,7 +393,11 @@ class _DicomFile(ImageFile):
                 warnings.simplefilter("ignore")
                 # One frame only: a compressed series is never decoded (or held) whole.
                 pixels = pixel_array(dataset, index=index if self.info.frames > 1 else None)
-        except Exception as exc:
+        except BaseException as exc:
+            # A Rust decoder (pylibjpeg-rle) panics on some hostile data, and pyo3 raises its panic as a
+            # BaseException: it must become a reason like any decoder error, not escape every handler.
+            if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+                raise
             message = str(exc)
             if "less than expected" in message or "truncated" in message.lower() or self._ended_early:
                 raise ImageReadError(f"{name}: DICOM pixel data is truncated (incomplete copy?); copy it again.",
@@ -424,6 +437,11 @@ class _DicomFile(ImageFile):
                 f"{self.name}: the compressed data of {where} says {size[0]}x{size[1]} pixels but the DICOM header "
                 f"says {self.info.width}x{self.info.height}; the file is damaged or hostile. Export it again.",
                 UNREADABLE)
+
+
+def _one_line(exc: BaseException) -> str:
+    """A library's error message as one short line (some span several)."""
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
 def _name_the_encoding(dataset) -> None:
@@ -553,7 +571,11 @@ def _grey_for_display(pixels: np.ndarray, dataset) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut
 
     rescaled = "RescaleSlope" in dataset or "RescaleIntercept" in dataset or "ModalityLUTSequence" in dataset
-    values = apply_modality_lut(pixels, dataset).astype(np.float64) if rescaled else pixels.astype(np.float64)
+    with np.errstate(all="ignore"):  # a hostile slope (1e308, nan) is refused just below, not warned about
+        values = apply_modality_lut(pixels, dataset).astype(np.float64) if rescaled else pixels.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ImageReadError("DICOM rescale slope or intercept turn the pixels into values that are not finite "
+                             "numbers; export the image again.", UNREADABLE)
     voi = _voi_lut(values, dataset)
     if voi is not None:
         return voi

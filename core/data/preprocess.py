@@ -13,6 +13,7 @@ Two pipelines, chosen by the model card's preprocessing (so inference repeats wh
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,16 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _DEFAULT_MARGIN = 0.03
+MAX_SIZE = 2048
+"""The largest model input (pixels a side) and, times two, the largest resize: a model card from outside
+may not make the viewer allocate gigabytes for one image (a size of 100,000 would want 40 GB)."""
+
+
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond any float
+        return False
 
 
 @dataclass(frozen=True)
@@ -43,14 +54,18 @@ class Preprocessing:
     local_contrast: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.size, int) or isinstance(self.size, bool) or self.size < 8:
-            raise ConfigError(f"Image size {self.size!r} is invalid; use a whole number of pixels >= 8.")
-        if self.resize is not None and (not isinstance(self.resize, int) or self.resize < self.size):
-            raise ConfigError(f"Resize {self.resize!r} must be a whole number >= the image size {self.size}.")
+        if not isinstance(self.size, int) or isinstance(self.size, bool) or not 8 <= self.size <= MAX_SIZE:
+            raise ConfigError(f"Image size {self.size!r:.40} is invalid; use a whole number of pixels from 8 to "
+                              f"{MAX_SIZE}.")
+        if self.resize is not None and (not isinstance(self.resize, int) or isinstance(self.resize, bool)
+                                        or not self.size <= self.resize <= 2 * MAX_SIZE):
+            raise ConfigError(f"Resize {self.resize!r:.40} must be a whole number from the image size {self.size} "
+                              f"to {2 * MAX_SIZE}.")
         for name in ("mean", "std"):
             values = getattr(self, name)
-            if len(values) != 3 or not all(isinstance(v, int | float) for v in values):
-                raise ConfigError(f"Preprocessing {name} must be three numbers (R, G, B), not {values!r}.")
+            if (len(values) != 3 or not all(isinstance(v, int | float) for v in values)
+                    or not all(_finite(v) for v in values)):
+                raise ConfigError(f"Preprocessing {name} must be three finite numbers (R, G, B), not {values!r:.80}.")
             object.__setattr__(self, name, tuple(float(v) for v in values))
         if min(self.std) <= 0:
             raise ConfigError(f"Preprocessing std must be positive, not {self.std!r}.")

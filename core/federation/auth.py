@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -84,6 +85,8 @@ def parse_signed_headers(headers) -> SignedHeaders:
         signature = base64.b64decode(values[HEADER_SIGNATURE], validate=True)
     except ValueError as exc:
         raise AuthFailure(401, "Malformed request timestamp or signature; use the Dopamine client.") from exc
+    if not math.isfinite(timestamp):  # "nan" parses, and no time is ever more than a window away from it
+        raise AuthFailure(401, "Malformed request timestamp; use the Dopamine client.")
     if len(values[HEADER_HOSPITAL]) > 64:
         raise AuthFailure(401, "Malformed hospital id.")
     return SignedHeaders(values[HEADER_HOSPITAL], timestamp, values[HEADER_TIMESTAMP], nonce, signature)

@@ -81,7 +81,7 @@ def read_invitation(path: Path) -> Invitation:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise FederationError(f"Invitation file {path} does not exist.") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested
         raise FederationError(f"{bad} ({exc.__class__.__name__}); ask the coordinator for a new one.") from exc
     if not isinstance(data, dict) or data.get("format") != INVITATION_FORMAT:
         raise FederationError(f"{bad} (wrong format); ask the coordinator for a new one.")

@@ -22,6 +22,8 @@ MODE_NAMES = {
     "fscdp": "FSCDP (Dopamine: one DP-SGD step per round, secure aggregation)",
 }
 DEFAULT_CLASSES = ["No DR", "Mild", "Moderate", "Severe", "Proliferative DR"]
+MAX_HOSPITALS = 10_000  # what one secure-aggregation round carries (core.secagg.messages.MAX_ENTRIES)
+MAX_IMAGE_SIZE = 2048  # core.data.preprocess.MAX_SIZE: the largest model input a card may name
 
 
 def default_colluders(hospitals: int) -> int:
@@ -108,7 +110,8 @@ class FederationPlan:
         need(self.mode in MODES, f"Unknown federation mode {self.mode!r}; choose one of f, fpdp, fscdp.")
         need(bool(self.name.strip()), "The federation needs a name (--name).")
         need(self.rounds >= 1, "A federation needs at least one round (--rounds).")
-        need(self.hospitals >= 1, "A federation needs at least one hospital (--hospitals).")
+        need(1 <= self.hospitals <= MAX_HOSPITALS,
+             f"A federation needs between 1 and {MAX_HOSPITALS} hospitals (--hospitals).")
         need(1 <= self.threshold <= self.hospitals,
              f"The threshold must be between 1 and the number of hospitals ({self.hospitals}).")
         need(0 <= self.colluders < max(self.hospitals, 1),
@@ -118,7 +121,7 @@ class FederationPlan:
                                          and all(n.strip() for n in self.hospital_names)),
              "Give one distinct, non-empty name per hospital.")
         need(1 <= self.max_attempts <= 100, "Attempts per round must be between 1 and 100 (--max-attempts).")
-        need(self.image_size >= 16, "The image size must be at least 16 pixels.")
+        need(16 <= self.image_size <= MAX_IMAGE_SIZE, f"The image size must be from 16 to {MAX_IMAGE_SIZE} pixels.")
         need(len(self.classes) >= 2, "A model needs at least 2 classes.")
         need(self.lr > 0 and self.server_lr > 0, "Learning rates must be positive.")
         need(0 <= self.momentum < 1 and 0 <= self.server_momentum < 1, "Momentum must be in [0, 1).")

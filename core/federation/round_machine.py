@@ -84,9 +84,15 @@ class RoundMachine:
             # stays open, whatever its clock says, until the lead site resumes.
             return None
         waiting = (seen.expected - seen.submitted - seen.left) & (seen.active - seen.gone)
-        if seen.now < state.phase_deadline and (waiting or (step == self.steps[0] and not seen.submitted)):
+        if seen.now < state.phase_deadline and (waiting or (step == self.steps[0] and self._short(seen))):
             return None
         return CloseStep(step)
+
+    def _short(self, seen: Observation) -> bool:
+        """The first step has fewer messages than the threshold while hospitals of the roster that could
+        still join (restarted after a crash: step 1 takes anyone active) have not: closing now would only
+        abort the attempt, and a few quick aborts would use up the round's attempts before they are back."""
+        return len(seen.submitted) < self.plan.threshold and bool(seen.active - seen.submitted - seen.left)
 
     def first_attempt(self, state: RoundState) -> OpenAttempt:
         return OpenAttempt(round=state.model_round + 1, attempt=1, first=True)

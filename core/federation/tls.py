@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import ipaddress
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,10 @@ from core.errors import FederationError
 
 CA_VALIDITY_DAYS = 3650
 SERVER_VALIDITY_DAYS = 825
+# TLS 1.2 suites the coordinator accepts: ephemeral ECDH (forward secrecy) with AES-GCM or ChaCha20-Poly1305.
+# Python's default list also allows AES-CBC with SHA-2 HMACs, which scanners rate weak (Lucky 13-style
+# padding oracles); TLS 1.3's suites are all AEAD and are not affected by this list.
+SERVER_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 
 @dataclass(frozen=True)
@@ -124,6 +130,16 @@ def write_federation_tls(folder: Path, *, name: str, hosts: list[str]) -> TlsFil
         server_cert.public_bytes(serialization.Encoding.PEM) + ca_cert.public_bytes(serialization.Encoding.PEM),
     )
     return files
+
+
+def server_ssl_context(config: object, default_factory: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    """The coordinator's TLS settings (uvicorn's ``ssl_context_factory``): TLS 1.2 or newer, forward-secret
+    AEAD suites only, no compression, no renegotiation; the certificate and key are uvicorn's to load."""
+    context = default_factory()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(SERVER_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    return context
 
 
 def load_certificate_pem(pem: bytes | str) -> x509.Certificate:

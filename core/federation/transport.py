@@ -16,6 +16,7 @@ import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -29,16 +30,36 @@ from core.jobs import NEVER_CANCELLED, CancelToken
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 
 
-def _is_certificate_error(exc: BaseException | None) -> bool:
+def _certificate_failure(exc: BaseException | None) -> str | None:
+    """OpenSSL's reason when ``exc`` comes from a certificate that did not verify, else None."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, ssl.SSLCertVerificationError):
-            return True
+            return str(exc.verify_message or exc)
         if isinstance(exc, requests.exceptions.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(exc):
-            return True
-        exc = exc.__cause__ or exc.__context__ or (exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None)
-    return False
+            return str(exc)
+        reason = getattr(exc, "reason", None)  # urllib3's MaxRetryError carries the SSL error there
+        exc = exc.__cause__ or exc.__context__ or (reason if isinstance(reason, BaseException) else None) or (
+            exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None)
+    return None
+
+
+def certificate_refusal(url: str, reason: str) -> str:
+    """What to tell the hospital's people when the coordinator's certificate did not verify (one line)."""
+    text = reason.lower()
+    if "expired" in text:
+        return (f"The coordinator at {url} presents an expired certificate; its operator must renew it (or this "
+                "computer's clock is wrong). Refusing to talk to it.")
+    if "not yet valid" in text:
+        return (f"The coordinator at {url} presents a certificate that is not valid yet: check this computer's "
+                "date and time. Refusing to talk to it.")
+    if "mismatch" in text:
+        host = urlsplit(url).hostname
+        return (f"The coordinator's certificate is not for {host}; use the address in the invitation (or ask its "
+                "operator to add this name). Refusing to talk to it.")
+    return (f"The server at {url} did not present a certificate signed by this federation's CA; refusing to talk "
+            "to it (wrong address or an impostor) - check the invitation.")
 
 
 class CoordinatorConnection:
@@ -122,11 +143,9 @@ class CoordinatorConnection:
             try:
                 response = self.session.send(prepared, verify=self.ca_file, timeout=timeout, allow_redirects=False)
             except requests.exceptions.SSLError as exc:
-                if _is_certificate_error(exc):
-                    raise NetworkError(
-                        f"The server at {self.url} did not present a certificate signed by this federation's CA; "
-                        "refusing to talk to it (wrong address or an impostor) - check the invitation."
-                    ) from exc
+                reason = _certificate_failure(exc)
+                if reason is not None:
+                    raise NetworkError(certificate_refusal(self.url, reason)) from exc
                 problem = f"TLS error talking to {self.url}: {exc.__class__.__name__}"
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                     requests.exceptions.ChunkedEncodingError) as exc:  # the last: the coordinator died mid-answer

@@ -85,6 +85,22 @@ def test_the_first_step_waits_for_a_first_message_until_its_deadline():
     assert m.next_action(state, seen(now=NOW + 31, expected=(), submitted=())) == CloseStep(Step.ADVERTISE)
 
 
+def test_the_first_step_waits_for_hospitals_coming_back_while_below_the_threshold():
+    # Two of four hospitals crashed and are restarting: the attempt opened expecting only h01 and h04. Both
+    # advertised; closing now would abort at once (2 < m = 3), and the next attempts too, before the two
+    # are back (the kill matrix's "m - 1 hospitals" cell used up 5 attempts in 0.1 s this way).
+    m = machine()
+    state = running(Step.ADVERTISE, expected=["h01", "h04"])
+    assert m.next_action(state, seen(expected=("h01", "h04"), submitted=("h01", "h04"), gone=("h02", "h03"))) is None
+    back = seen(expected=("h01", "h04"), submitted=("h01", "h02", "h04"))
+    assert m.next_action(state, back) == CloseStep(Step.ADVERTISE)  # h02 is back: m messages, go on
+    assert m.next_action(state, seen(now=NOW + 31, expected=("h01", "h04"), submitted=("h01", "h04"))) == \
+        CloseStep(Step.ADVERTISE)  # the deadline passes: close (and abort) with whoever answered
+    # Hospitals that left the attempt are not waited for.
+    left = seen(expected=("h01", "h04"), submitted=("h01", "h04"), left=("h02", "h03"))
+    assert m.next_action(state, left) == CloseStep(Step.ADVERTISE)
+
+
 def test_too_few_active_hospitals_stop_the_federation():
     m = machine()
     action = m.next_action(running(Step.SHARE), seen(active=("h01", "h02")))
