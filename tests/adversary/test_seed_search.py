@@ -63,6 +63,10 @@ def local_dp_sgd_step():
     loader = DataLoader(TensorDataset(images.float() / 255, labels), batch_size=6)
 
     def step():
+        # The step's change to the weights: both runs start from the same public model, so the weights
+        # themselves agree in their initial values (a correlation near 0.2 whatever the noise) - the
+        # change is the noise plus one clipped gradient, which both runs share and which is small beside it.
+        before = torch.cat([p.detach().flatten() for p in model.parameters()]).double().numpy()
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
         wrapped, dp_optimizer, private = make_private(model, optimizer, loader, noise_multiplier=1.0,
                                                       max_grad_norm=1.0, poisson_sampling=False)
@@ -70,7 +74,7 @@ def local_dp_sgd_step():
         dp_optimizer.zero_grad()
         F.cross_entropy(wrapped(xb), yb).backward()
         dp_optimizer.step()
-        return torch.cat([p.detach().flatten() for p in model.parameters()]).double().numpy()
+        return torch.cat([p.detach().flatten() for p in model.parameters()]).double().numpy() - before
 
     return step
 
