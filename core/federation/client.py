@@ -49,6 +49,7 @@ from core.errors import (
     FederationError,
     PrivacyBudgetExceeded,
     ReleaseRefused,
+    RequestFailure,
 )
 from core.federation.events import (
     BudgetCharged,
@@ -449,6 +450,15 @@ class _Participant:
         except ReleaseRefused:
             self.round = None
             self._refuse_reopened(round, attempt, step)
+        except RequestFailure as exc:
+            if exc.code != "step_closed":
+                raise
+            # The step closed while this message was on its way (this hospital came back after a crash as
+            # the others went on, or its link is slow): the attempt goes on without it. It is never computed
+            # again (a stored upload stays unsent, its charge stays counted); the next attempt or round is.
+            self.round = None
+            log.info("round %d attempt %d: step %s closed before this hospital's message arrived; waiting for "
+                     "the next attempt", round, attempt, step)
 
     def _resume_attempt(self, view: StateView) -> bool:
         """An attempt this hospital already worked on before (a restart, or a coordinator that reopened it):

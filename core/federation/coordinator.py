@@ -381,7 +381,7 @@ class Coordinator:
             raise Refused(409, f"Round {round} attempt {attempt} is not open (open: round {self.state.round} "
                                f"attempt {self.state.attempt}).")
         if step != self.state.phase:
-            raise Refused(409, f"Round {round} is in step {self.state.phase}, not {step}.")
+            raise Refused(409, f"Round {round} is in step {self.state.phase}, not {step}.", "step_closed")
         if hospital_id in self._left:
             raise Refused(409, f"This hospital left round {round}; it can take part in the next one.")
 
