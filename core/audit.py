@@ -22,6 +22,7 @@ from an older backup than the log.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import fcntl
 import hashlib
 import json
@@ -97,16 +98,18 @@ class AuditLog:
         (fsync) before this returns."""
         if kind not in KINDS:
             raise AuditLogError(f"Audit entries are of kind {' or '.join(KINDS)}, not {kind!r}.")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
             try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             except OSError as exc:
                 raise AuditLogError(f"Cannot open the audit log {self.path} ({exc.strerror or exc}); "
                                     "check the hospital home folder's permissions.") from exc
+            size = -1
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 _drop_torn_tail(fd)
+                size = os.fstat(fd).st_size
                 seq, prev = self._tail(fd)
                 fields: dict[str, Any] = {
                     "seq": seq,
@@ -124,9 +127,13 @@ class AuditLog:
                 }
                 fields["hash"] = _entry_hash(fields)
                 fields["signature"] = self._key.sign(_signed_message(fields["hash"])).hex()
-                os.write(fd, (json.dumps(fields, sort_keys=True) + "\n").encode())
+                line = (json.dumps(fields, sort_keys=True) + "\n").encode()
+                if os.write(fd, line) != len(line):  # a short write: the disk filled up in the middle of the line
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                 os.fsync(fd)
             except OSError as exc:
+                if size >= 0:
+                    _cut_back(fd, size)  # no torn entry stays behind: the log ends at its last whole entry
                 raise AuditLogError(f"Could not write to the audit log {self.path} ({exc.strerror or exc}); "
                                     "nothing was sent. Free disk space or fix the folder's permissions.") from exc
             finally:
@@ -149,6 +156,14 @@ class AuditLog:
                 f"The audit log {self.path} is damaged at its last entry; run `dopamine audit verify` and keep "
                 "a copy of the file for your IT security team before moving it aside."
             ) from exc
+
+
+def _cut_back(fd: int, size: int) -> None:
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    except OSError:
+        pass  # the next append drops a torn tail (_drop_torn_tail)
 
 
 def _drop_torn_tail(fd: int) -> None:

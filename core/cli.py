@@ -68,6 +68,15 @@ def main(argv: list[str] | None = None, *, extra_commands: dict[str, str] | None
     except DopamineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        # A full disk, a read-only folder or a refused permission in a command that does not say so itself.
+        from core.config import storage_error
+
+        error = storage_error(exc)
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
 import os
 import tempfile
 import tomllib
 import types
 import typing
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import tomli_w
 
-from core.errors import ConfigError
+from core.errors import ConfigError, StorageError
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -121,6 +124,40 @@ def _describe(annotation: Any) -> str:
     return names.get(annotation, str(annotation))
 
 
+# What a full disk, a read-only folder or a missing permission looks like (errno of an OSError).
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_READ_ONLY = {errno.EROFS}
+_FORBIDDEN = {errno.EACCES, errno.EPERM}
+
+
+def storage_error(exc: OSError, where: Path | str | None = None) -> StorageError | None:
+    """The one-line StorageError for an OSError of writing (under ``where``); None when ``exc`` is not a full
+    disk, a read-only file system or a refused permission (a network error, a missing file...)."""
+    place = exc.filename or where or "this folder"
+    if exc.errno in _FULL:
+        return StorageError(f"The disk is full: could not write {place} ({exc.strerror}). Free some space on it "
+                            "and try again; what was being written was not kept.")
+    if exc.errno in _READ_ONLY:
+        return StorageError(f"Could not write {place}: it is on a read-only file system. Choose a writable folder "
+                            "(or ask IT to make it writable) and try again.")
+    if exc.errno in _FORBIDDEN:
+        return StorageError(f"Could not write {place}: permission denied. Fix the folder's permissions or choose "
+                            "another one, and try again.")
+    return None
+
+
+@contextmanager
+def storage_errors(where: Path | str | None = None) -> Iterator[None]:
+    """Turn an OSError of a full disk, a read-only folder or a refused permission into a StorageError."""
+    try:
+        yield
+    except OSError as exc:
+        error = storage_error(exc, where)
+        if error is None:
+            raise
+        raise error from exc
+
+
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` atomically: temp file, fsync, rename, fsync the folder."""
     path = Path(path)
@@ -141,6 +178,18 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove_temporaries(folder: Path) -> int:
+    """Delete the temporary files atomic_write_bytes left in ``folder`` when its process was killed mid-write
+    (the target is then either old or new, never torn: the temporary file is all that remains). Only for a
+    folder no other process writes at the same time. Returns how many were removed."""
+    removed = 0
+    for leftover in Path(folder).glob(".*.tmp"):
+        if leftover.is_file():
+            leftover.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def save_toml(config: Any, path: Path) -> None:

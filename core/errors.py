@@ -130,13 +130,37 @@ class NetworkError(FederationError):
 class RequestFailure(FederationError):
     """A final (4xx) answer from the coordinator; ``detail`` is its one-line reason."""
 
-    carried = ("status", "detail", "code")
+    carried: ClassVar[tuple[str, ...]] = ("status", "detail", "code")
 
     def __init__(self, status: int, detail: str, code: str = "") -> None:
         super().__init__(f"The coordinator refused the request ({status}): {detail}")
         self.status = status
         self.detail = detail
         self.code = code
+
+
+class ClockSkew(RequestFailure):
+    """The coordinator refused a signed request as too old or too new: this computer's clock is off.
+
+    ``offset_s``: this computer's clock minus the coordinator's (from its HTTP Date header), or None when
+    the coordinator did not say its time.
+    """
+
+    carried: ClassVar[tuple[str, ...]] = ("status", "detail", "code", "offset_s")
+
+    def __init__(self, offset_s: float | None, detail: str = "", window_s: float = 300.0) -> None:
+        super().__init__(401, detail, "clock")
+        self.offset_s = offset_s
+        if offset_s is None:
+            message = (f"The coordinator refused the request because this computer's clock differs from its own by "
+                       f"more than {window_s:.0f} s ({detail}); fix this computer's date and time (turn on automatic "
+                       "time / NTP) and try again.")
+        else:
+            way = "ahead of" if offset_s > 0 else "behind"
+            message = (f"This computer's clock is off by about {abs(offset_s):.0f} s ({way} the coordinator's; at most "
+                       f"{window_s:.0f} s are accepted): fix this computer's date and time (turn on automatic time / "
+                       "NTP) and try again.")
+        Exception.__init__(self, message)
 
 
 class Refused(FederationError):
@@ -151,13 +175,15 @@ class Refused(FederationError):
 
 
 class AuthFailure(FederationError):
-    """Why the coordinator refused to authenticate a request; ``status`` is the HTTP status to answer."""
+    """Why the coordinator refused to authenticate a request; ``status`` is the HTTP status to answer,
+    ``code`` a machine-readable reason where the client acts on it ("clock": the timestamp is out of the window)."""
 
-    carried = ("status",)
+    carried = ("status", "code")
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, code: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.code = code
 
     @property
     def message(self) -> str:
@@ -166,6 +192,10 @@ class AuthFailure(FederationError):
 
 class RoundAborted(FederationError):
     """A round attempt ended without a release (too few hospitals answered); the next attempt follows."""
+
+
+class StorageError(DopamineError):
+    """A file or database could not be written: the disk is full, the folder is read-only, or no permission."""
 
 
 class InferenceError(DopamineError):

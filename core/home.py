@@ -5,6 +5,8 @@
     HOME/identity/hospital-ed25519.pem   the hospital's long-term Ed25519 key (0600): signs local models,
                                     federation requests, roster confirmations and the audit log
     HOME/trusted-keys.json          model signers the user added by hand (core.models.trust)
+    HOME/network.toml               how it reaches coordinators: an explicit HTTPS proxy, the dead-link
+                                    timeout (core.federation.network)
     HOME/runs/                      local training runs (logs)
     HOME/models/                    models trained here
     HOME/federations/<name>-<federation id>-<hospital id>/   one folder per federation joined
@@ -65,6 +67,10 @@ class HospitalHome:
     @property
     def trusted_keys(self) -> Path:
         return self.root / "trusted-keys.json"
+
+    @property
+    def network_settings(self) -> Path:
+        return self.root / "network.toml"
 
     @property
     def runs(self) -> Path:

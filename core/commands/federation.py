@@ -127,6 +127,10 @@ def register(subparsers) -> None:
                       help="the roster code this hospital confirmed after comparing every peer's fingerprint with "
                            "that hospital (printed by a first run); 'any' skips the check (simulations only)")
     join.add_argument("--threads", type=int, help="CPU threads for local training")
+    _add_proxy_option(join)
+    join.add_argument("--network-timeout", type=float, metavar="SECONDS",
+                      help="a connection to the coordinator silent this long past the expected answer is declared "
+                           "dead and retried (default: the home's network.toml, else 60)")
     join.add_argument("--events-jsonl", action="store_true", help="print every event as one JSON line on stdout")
     join.add_argument("--json", action="store_true", help="print the result as one JSON object at the end")
     join.set_defaults(func=_join)
@@ -136,6 +140,7 @@ def register(subparsers) -> None:
     leave.add_argument("invitation", type=Path, help="the invitation file this hospital joined with")
     add_home_option(leave)
     leave.add_argument("--reason", default="", help="a short reason the coordinator records")
+    _add_proxy_option(leave)
     leave.set_defaults(func=_leave)
 
     simulate = subparsers.add_parser("simulate", help="run a whole federation on this computer (synthetic data)")
@@ -163,6 +168,13 @@ def register(subparsers) -> None:
                              "identity key, when the log is the home's)")
     verify.add_argument("--json", action="store_true")
     verify.set_defaults(func=_audit_verify)
+
+
+def _add_proxy_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--proxy", metavar="URL",
+                        help="reach the coordinator through this HTTPS proxy (CONNECT), e.g. http://proxy:3128; "
+                             "'none' connects directly. Default: proxy in the home's network.toml (the app uses it "
+                             "too). The federation CA stays pinned: a proxy that inspects TLS is refused")
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -336,7 +348,7 @@ def _join(args: argparse.Namespace) -> int:
 
     config = JoinConfig(invitation=args.invitation, data=args.data, home=home_of(args).root,
                         max_epsilon=args.max_epsilon, accept_roster=args.accept_roster, labels_csv=args.labels_csv,
-                        threads=args.threads)
+                        threads=args.threads, proxy=args.proxy, timeout_s=args.network_timeout)
 
     def on_event(event) -> None:
         if args.events_jsonl:
@@ -358,7 +370,7 @@ def _leave(args: argparse.Namespace) -> int:
     from core.federation.client import leave, read_invitation
 
     invitation = read_invitation(args.invitation)
-    leave(invitation, home_of(args), args.reason)
+    leave(invitation, home_of(args), args.reason, proxy=args.proxy)
     print(f"Left {invitation.federation_name}: the coordinator was told and this hospital takes part in no further "
           "rounds. Its ledger, audit log and the models received stay in its home.")
     return 0

@@ -202,7 +202,8 @@ def create_app(coordinator: Coordinator) -> FastAPI:
 
     @app.exception_handler(AuthFailure)
     async def auth_failed(request: Request, exc: AuthFailure):
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+        # "code" lets a client act on the reason ("clock": it reads this answer's Date header to say how far off it is)
+        return JSONResponse({"detail": str(exc), **({"code": exc.code} if exc.code else {})}, status_code=exc.status)
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception):

@@ -99,9 +99,10 @@ def verify_request(
     """Check the timestamp window and the signature (AuthFailure 401 otherwise). Nonces: the caller."""
     now = time.time() if now is None else now
     if abs(now - signed.timestamp) > window_s:
+        way = "ahead of" if signed.timestamp > now else "behind"
         raise AuthFailure(
-            401, f"Request time is {now - signed.timestamp:+.0f} s off the coordinator's clock; "
-            "set this computer's clock (NTP) and retry."
+            401, f"The request's time is {abs(now - signed.timestamp):.0f} s {way} the coordinator's clock (at most "
+            f"{window_s:.0f} s are accepted); set this computer's clock (NTP) and retry.", code="clock",
         )
     message = signed_message(
         method=method, path=path, timestamp=signed.timestamp_text, nonce=signed.nonce,

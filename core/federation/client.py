@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.audit import AuditLog
-from core.config import atomic_write_bytes
+from core.config import atomic_write_bytes, storage_errors
 from core.errors import (
     Cancelled,
     ConfigError,
@@ -103,6 +103,10 @@ class JoinConfig:
     poll_wait_s: float = 10.0  # long-poll length: also bounds how quickly cancel takes effect
     max_backoff_s: float = 30.0
     give_up_after_s: float | None = None  # None: keep retrying an unreachable coordinator until cancelled
+    # The HTTPS proxy (CONNECT) to reach the coordinator through, "none" for a direct connection, and the
+    # dead-link timeout; None: the hospital home's network settings (core.federation.network).
+    proxy: str | None = None
+    timeout_s: float | None = None
 
 
 @dataclass
@@ -123,13 +127,15 @@ class JoinResult:
 
 # ---- what the app and the CLI ask outside a run --------------------------------------------------
 
-def _session(invitation: Invitation, home: HospitalHome, **connection):
+def _session(invitation: Invitation, home: HospitalHome, *, proxy: str | None = None, **connection):
+    from core.federation.network import network_for
     from core.federation.session import CoordinatorSession
 
     folder = MembershipFolder.of(home, invitation)
     if not folder.state.exists():
         raise FederationError(f"This hospital has not joined {invitation.federation_name} from {home.root}; join it first.")
-    return CoordinatorSession(invitation, folder.ca, home.identity(), **connection)
+    return CoordinatorSession(invitation, folder.ca, home.identity(), proxy=network_for(home, proxy=proxy).proxy,
+                              **connection)
 
 
 def status(invitation: Invitation, home: HospitalHome, *, cancel: CancelToken = NEVER_CANCELLED) -> PublicStatus:
@@ -151,11 +157,13 @@ def peers(invitation: Invitation, home: HospitalHome, *, cancel: CancelToken = N
 
 
 def leave(invitation: Invitation, home: HospitalHome, reason: str = "",
-          *, cancel: CancelToken = NEVER_CANCELLED) -> None:
-    """Tell the coordinator this hospital takes part in no further rounds, and remember it."""
+          *, cancel: CancelToken = NEVER_CANCELLED, proxy: str | None = None) -> None:
+    """Tell the coordinator this hospital takes part in no further rounds, and remember it.
+
+    ``proxy``: the HTTPS proxy for this call ("none": direct); None: the home's network settings."""
     folder = MembershipFolder.of(home, invitation)
     session = _session(invitation, home, audit=AuditLog(home.audit_log, key=home.identity()), cancel=cancel,
-                       read_timeout_s=20.0, give_up_after_s=30.0)
+                       read_timeout_s=20.0, give_up_after_s=30.0, proxy=proxy)
     try:
         session.leave(reason or "its people chose to leave")
     finally:
@@ -216,12 +224,14 @@ class _Participant:
     def prepare(self) -> None:
         import torch
 
+        from core.federation.network import network_for
         from core.federation.session import CoordinatorSession
         from core.federation.weights import ParameterLayout
         from core.models.registry import build_model
         from core.signing import fingerprint, public_key_bytes
 
         plan = self.plan
+        self.network = network_for(self.home, proxy=self.config.proxy, timeout_s=self.config.timeout_s)
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         self.progress(0.01, "Checking the images")
@@ -244,7 +254,7 @@ class _Participant:
         self.folder.create(self.invitation)
         self.session = CoordinatorSession(
             self.invitation, self.folder.ca, self.key, audit=self.audit, cancel=self.cancel,
-            on_retry=self._on_retry, read_timeout_s=max(60.0, self.config.poll_wait_s + 30.0),
+            on_retry=self._on_retry, read_timeout_s=self.network.timeout_s, proxy=self.network.proxy,
             max_backoff_s=self.config.max_backoff_s, give_up_after_s=self.config.give_up_after_s)
         self.session.bytes_sent = self.state.bytes_sent
         torch.manual_seed(plan.seed)  # the initial weights are public: every party builds the same model
@@ -257,7 +267,8 @@ class _Participant:
         from core.federation.session import CoordinatorSession
 
         session = CoordinatorSession(self.invitation, self.folder.ca, self.key, cancel=self.presence_stop,
-                                     read_timeout_s=PRESENCE_WAIT_S + 30.0, max_backoff_s=self.config.max_backoff_s)
+                                     read_timeout_s=PRESENCE_WAIT_S + min(30.0, self.network.timeout_s),
+                                     max_backoff_s=self.config.max_backoff_s, proxy=self.network.proxy)
         try:
             while not self.presence_stop.cancelled:
                 try:
@@ -387,6 +398,9 @@ class _Participant:
     def participate(self) -> JoinResult:
         if self.state.finished:
             return self._result(self.state.finished)
+        # Read the state now: confirm_roster's last poll may already have seen round 1 open, and waiting for a
+        # change of that view would hold round 1 up for a whole long poll (found by the scale run, issue 13).
+        self.etag = ""
         while True:
             self.cancel.check()
             view = self._wait_for_change()
@@ -623,18 +637,21 @@ def run(
     invitation = read_invitation(Path(config.invitation))
     if config.max_epsilon is not None and (not math.isfinite(config.max_epsilon) or config.max_epsilon <= 0):
         raise ConfigError("--max-epsilon must be a positive number.")
-    participant = _Participant(config, invitation, progress, cancel, on_event)
-    started = time.monotonic()
-    try:
-        participant.prepare()
-        participant.enroll()
-        participant.start_presence()
-        if not participant.confirm_roster():
-            progress(1.0, "Waiting for this hospital to confirm the roster")
-            return participant._result("roster")
-        result = participant.participate()
-        log.info("federation %s ended (%s) after %.1f s", invitation.federation_id, result.reason,
-                 time.monotonic() - started)
-        return result
-    finally:
-        participant.close()
+    # A full disk or a read-only home: one line (StorageError); every write is atomic or a transaction, and
+    # a noised upload is charged before it is stored and stored before it is sent, so nothing is torn.
+    with storage_errors(config.home or "this hospital's folder"):
+        participant = _Participant(config, invitation, progress, cancel, on_event)
+        started = time.monotonic()
+        try:
+            participant.prepare()
+            participant.enroll()
+            participant.start_presence()
+            if not participant.confirm_roster():
+                progress(1.0, "Waiting for this hospital to confirm the roster")
+                return participant._result("roster")
+            result = participant.participate()
+            log.info("federation %s ended (%s) after %.1f s", invitation.federation_id, result.reason,
+                     time.monotonic() - started)
+            return result
+        finally:
+            participant.close()

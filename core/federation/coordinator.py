@@ -37,8 +37,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.errors import FederationError, Refused, RoundAborted, SecAggAborted, SecAggError
-from core.federation.aggregation import PlainAggregation, SecureAggregation, server_gradient
+from core.errors import FederationError, Refused, RoundAborted, SecAggAborted, SecAggError, StorageError
+from core.federation.aggregation import Aggregate, PlainAggregation, SecureAggregation, server_gradient
 from core.federation.layout import FederationPaths, load_settings
 from core.federation.plan import load_plan, plan_hash
 from core.federation.presence import Presence
@@ -72,6 +72,7 @@ if TYPE_CHECKING:
     from core.secagg import RoundParams
 
 log = logging.getLogger("dopamine.coordinator")
+STORAGE_RETRY_S = 10.0  # how soon a round whose model could not be written is tried again
 
 CONTROL_BODY_LIMIT = 64 * 1024
 LONG_POLL_S = 20.0
@@ -110,6 +111,7 @@ class Coordinator:
         self._boot = secrets.token_hex(4)
         self._version = 0
         self._aggregation: SecureAggregation | PlainAggregation | None = None
+        self._unpublished: Aggregate | None = None  # the released sum of the open attempt while its model could not be written
         self._submitted: dict[Step, set[str]] = {}
         self._left: set[str] = set()
         self._evaluation: EvaluationProcess | None = None
@@ -419,6 +421,14 @@ class Coordinator:
         state = self.state
         if state.status != Status.RUNNING:
             return
+        if state.model_round >= state.round:
+            # Killed after the round was released and committed, before the next one opened: never resume
+            # or retry a released round (its messages are gone, and every hospital that has its model
+            # would refuse it): open the next one.
+            following = self.machine.after_round(state)
+            if following is not None:
+                self._open_attempt(following)
+            return
         self._left = set(self.store.message_senders(state.round, state.attempt, "leave"))
         self._submitted = {}
         self._aggregation = self._new_aggregation()
@@ -447,6 +457,10 @@ class Coordinator:
                 break
             try:
                 self.advance()
+            except StorageError as exc:  # a full disk or a read-only folder: one line, retried until it is fixed
+                log.error("%s", exc)
+                self._stop.wait(STORAGE_RETRY_S)
+                self._kick.set()
             except Exception:  # noqa: BLE001 -- keep serving; the error is in the log
                 log.exception("advancing the federation failed")
                 time.sleep(1.0)
@@ -521,6 +535,9 @@ class Coordinator:
 
     def _close_step(self, step: Step) -> None:
         state = self.state
+        if self._unpublished is not None:  # this attempt's sum is known; writing its model failed: try again
+            self._finish_round(self._unpublished)
+            return
         try:
             if not self.machine.is_last(step):
                 answers = self._secure_aggregation().close(step)
@@ -543,7 +560,7 @@ class Coordinator:
         except (SecAggAborted, RoundAborted) as exc:
             self._abort_attempt(f"step {step}: {exc}")
             return
-        self._aggregation = None
+        self._unpublished = aggregate
         self._finish_round(aggregate)
 
     def _abort_attempt(self, reason: str) -> None:
@@ -562,7 +579,36 @@ class Coordinator:
         self._changed()
 
     def _finish_round(self, aggregate) -> None:
-        """Step the server optimizer on the aggregate, evaluate, publish the signed model, go on."""
+        """Step the server optimizer on the aggregate, evaluate, publish the signed model, go on.
+
+        When the model or the round cannot be written (a full disk, a read-only folder), nothing of the
+        round is kept -- the weights, the optimizer and the state in memory go back to before it -- and
+        StorageError says why; the advancing loop tries again (``_unpublished``) until it works.
+        """
+        import dataclasses
+        import sqlite3
+
+        saved, state_before = self.publisher.snapshot(), dataclasses.replace(self.state)
+        try:
+            self._publish_round(aggregate)
+        except (OSError, sqlite3.Error) as exc:
+            self.publisher.restore(saved)
+            for field in dataclasses.fields(state_before):
+                setattr(self.state, field.name, getattr(state_before, field.name))
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise StorageError(
+                f"Could not write round {self.state.round}'s model to {self.paths.root} ({reason}); free disk space "
+                f"or make the folder writable - the coordinator tries again every {STORAGE_RETRY_S:.0f} s and the "
+                "hospitals wait.") from exc
+        self._unpublished = None
+        self._aggregation = None
+        following = self.machine.after_round(self.state)
+        if following is None:
+            self._changed()
+        else:
+            self._open_attempt(following)
+
+    def _publish_round(self, aggregate) -> None:
         from core.federation.store import RoundRecord
 
         state = self.state
@@ -592,12 +638,10 @@ class Coordinator:
         self._hospitals = {h.hospital_id: h for h in self.store.hospitals()}
         log.info("round %d done in %.3fs with %s (%d images) %s", round, record.finished_at - started,
                  ", ".join(included), record.images, {k: v for k, v in metrics.items() if isinstance(v, float)})
-        self.publisher.prune(round, self.settings.keep_models)
-        following = self.machine.after_round(self.state)
-        if following is None:
-            self._changed()
-        else:
-            self._open_attempt(following)
+        try:
+            self.publisher.prune(round, self.settings.keep_models)
+        except OSError as exc:  # the round is committed; an old model left on disk is only untidy
+            log.warning("could not delete old models: %s", exc)
 
     # -- persistence and notification -------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from core.config import atomic_write_bytes
+from core.config import atomic_write_bytes, remove_temporaries
 from core.errors import FederationError
 from core.home import HospitalHome
 
@@ -62,6 +62,9 @@ class MembershipFolder:
         import base64
 
         self.root.mkdir(parents=True, exist_ok=True)
+        # Left by a run killed mid-write (one run per membership at a time: nothing else writes here now).
+        for folder in (self.root, self.models, self.pending):
+            remove_temporaries(folder)
         atomic_write_bytes(self.ca, invitation.ca_certificate.encode())
         public = {"federation_id": invitation.federation_id, "federation_name": invitation.federation_name,
                   "coordinator_url": invitation.coordinator_url, "hospital_id": invitation.hospital_id,

@@ -43,6 +43,15 @@ class ModelPublisher:
     def step(self, gradient: np.ndarray) -> None:
         self.weights = self.optimizer.step(self.weights, gradient)
 
+    def snapshot(self) -> tuple:
+        """The weights and the optimizer's state (the arrays are replaced by a step, never changed in place)."""
+        optimizer = self.optimizer
+        return self.weights, optimizer.first, optimizer.second, optimizer.steps
+
+    def restore(self, saved: tuple) -> None:
+        """Back to ``snapshot()``: a round whose model could not be written is stepped again on its retry."""
+        self.weights, self.optimizer.first, self.optimizer.second, self.optimizer.steps = saved
+
     def publish(self, round: int, *, contributors: Mapping[str, int],
                 rounds_taken: Mapping[str, tuple[int, int]], metrics: dict) -> str:
         """Write the optimizer state and the signed global model of ``round`` (atomically); its SHA-256.

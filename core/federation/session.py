@@ -38,8 +38,9 @@ class CoordinatorSession:
     # -- reading ----------------------------------------------------------------------------------
 
     def state(self, *, since: str, wait: float) -> StateView:
+        # The coordinator answers within ``wait``; silence past that and the connection's read timeout is a dead link.
         return StateView.from_dict(self.net.get_json(Route.STATE, params={"since": since, "wait": wait},
-                                                     read_timeout_s=wait + 60.0))
+                                                     read_timeout_s=wait + self.net.timeout[1]))
 
     def plan_hash(self) -> str:
         return str(self.net.get_json(Route.PLAN).get("plan_hash", ""))

@@ -106,10 +106,16 @@ class CoordinatorStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # SQLite may have rolled back already (a full disk: SQLITE_FULL); never leave one open, or every
+                # later BEGIN fails
+                if self._db.in_transaction:
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
                 raise
-            self._db.execute("COMMIT")
 
     # -- meta ---------------------------------------------------------------------------------
 

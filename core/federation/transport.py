@@ -2,7 +2,9 @@
 
 Only the federation CA from the invitation is trusted (``verify=<ca file>`` on every request, and
 ``trust_env`` off so REQUESTS_CA_BUNDLE or proxy variables cannot widen it). Plain HTTP and
-redirects are refused. Transient failures (connection errors, timeouts, 5xx, 429) are retried with
+redirects are refused. An explicit HTTPS proxy (``proxy``, core.federation.network) carries the TLS
+session in a CONNECT tunnel, still verified against the pinned CA, so a TLS-inspecting proxy is refused
+with a message saying what IT must exempt. Transient failures (connection errors, timeouts, 5xx, 429) are retried with
 jittered exponential backoff, waiting on the job's CancelToken; a 4xx is final and raises
 FederationError with the coordinator's one-line reason. Every request with a body is written to
 the audit log before it is sent.
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import ssl
 import time
 from collections.abc import Callable
@@ -22,12 +25,14 @@ import requests
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from core.audit import AuditLog
-from core.errors import FederationError, NetworkError, RequestFailure
-from core.federation.auth import sign_request
+from core.errors import ClockSkew, FederationError, NetworkError, RequestFailure
+from core.federation.auth import TIMESTAMP_WINDOW_S, sign_request
 from core.federation.invitation import check_https_url
+from core.federation.network import check_proxy_url, shown_proxy
 from core.jobs import NEVER_CANCELLED, CancelToken
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
+_TUNNEL_REFUSED = re.compile(r"Tunnel connection failed: (4\d\d)([^'\")]*)")
 
 
 def _certificate_failure(exc: BaseException | None) -> str | None:
@@ -58,8 +63,26 @@ def certificate_refusal(url: str, reason: str) -> str:
         host = urlsplit(url).hostname
         return (f"The coordinator's certificate is not for {host}; use the address in the invitation (or ask its "
                 "operator to add this name). Refusing to talk to it.")
-    return (f"The server at {url} did not present a certificate signed by this federation's CA; refusing to talk "
-            "to it (wrong address or an impostor) - check the invitation.")
+    parts = urlsplit(url)
+    where = f"{parts.hostname}:{parts.port or 443}"
+    return (f"The server at {url} did not present a certificate signed by this federation's CA, which is pinned; "
+            f"refusing to talk to it. Likely cause: a proxy or firewall inspecting TLS - IT must exempt {where} "
+            "from TLS inspection; otherwise a wrong address or an impostor - check the invitation.")
+
+
+def tunnel_refusal(url: str, proxy: str, exc: BaseException) -> str | None:
+    """What to say when the proxy refused the CONNECT tunnel with a 4xx (final: retrying cannot help)."""
+    match = _TUNNEL_REFUSED.search(str(exc))
+    if match is None:
+        return None
+    parts = urlsplit(url)
+    where = f"{parts.hostname}:{parts.port or 443}"
+    status = f"{match.group(1)}{match.group(2)}".strip()
+    if match.group(1) == "407":
+        return (f"The proxy {shown_proxy(proxy)} asks for a user name and password ({status}); give them in the "
+                "proxy address as http://user:password@host:port.")
+    return (f"The proxy {shown_proxy(proxy)} refused to open a tunnel to the coordinator ({status}); IT must allow "
+            f"HTTPS (CONNECT) from this computer to {where}.")
 
 
 class CoordinatorConnection:
@@ -78,6 +101,7 @@ class CoordinatorConnection:
         read_timeout_s: float = 120.0,
         max_backoff_s: float = 30.0,
         give_up_after_s: float | None = None,
+        proxy: str = "",
     ) -> None:
         self.url = check_https_url(url)
         self.ca_file = str(ca_file)
@@ -87,13 +111,18 @@ class CoordinatorConnection:
         self.audit = audit
         self.cancel = cancel
         self.on_retry = on_retry
-        self.timeout = (connect_timeout_s, read_timeout_s)
+        # urllib3 sends a request (an upload's body too) under the connect timeout: capped by the read timeout,
+        # a link that stops taking bytes counts as dead no later than one that stops answering.
+        self.timeout = (min(connect_timeout_s, read_timeout_s), read_timeout_s)
         self.max_backoff_s = max_backoff_s
         self.give_up_after_s = give_up_after_s
         self.bytes_sent = 0
         self.session = requests.Session()
         self.session.trust_env = False  # never the machine's CA bundle or proxies
         self.session.verify = self.ca_file
+        self.proxy = check_proxy_url(proxy)  # only the explicit one; the CA stays pinned through its tunnel
+        self.proxies = {"https": self.proxy} if self.proxy else {}
+        self.session.proxies = dict(self.proxies)
         adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=2, max_retries=0)
         self.session.mount("https://", adapter)
         self.session.mount("http://", _RefuseHttp())
@@ -141,12 +170,19 @@ class CoordinatorConnection:
                                   ledger_key=ledger_key)
             timeout = (self.timeout[0], read_timeout_s or self.timeout[1])
             try:
-                response = self.session.send(prepared, verify=self.ca_file, timeout=timeout, allow_redirects=False)
+                response = self.session.send(prepared, verify=self.ca_file, timeout=timeout, allow_redirects=False,
+                                             proxies=dict(self.proxies))
             except requests.exceptions.SSLError as exc:
                 reason = _certificate_failure(exc)
                 if reason is not None:
                     raise NetworkError(certificate_refusal(self.url, reason)) from exc
                 problem = f"TLS error talking to {self.url}: {exc.__class__.__name__}"
+            except requests.exceptions.ProxyError as exc:
+                refusal = tunnel_refusal(self.url, self.proxy, exc)
+                if refusal is not None:
+                    raise NetworkError(refusal) from exc
+                problem = f"cannot reach the coordinator at {self.url} through the proxy {shown_proxy(self.proxy)} " \
+                          f"({exc.__class__.__name__})"
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                     requests.exceptions.ChunkedEncodingError) as exc:  # the last: the coordinator died mid-answer
                 problem = f"cannot reach the coordinator at {self.url} ({exc.__class__.__name__})"
@@ -160,6 +196,8 @@ class CoordinatorConnection:
                 detail, code = _detail(response)
                 if accept_duplicate and attempt > 0 and code == "duplicate":
                     return response  # an earlier try of this very request got through
+                if response.status_code == 401 and code == "clock":
+                    raise ClockSkew(clock_offset(response), detail, TIMESTAMP_WINDOW_S)
                 if response.status_code not in RETRY_STATUSES:
                     raise RequestFailure(response.status_code, detail, code)
                 problem = f"the coordinator is busy or failing ({response.status_code}: {detail})"
@@ -181,6 +219,19 @@ class CoordinatorConnection:
     def post_json(self, path: str, data: dict, **kwargs) -> dict:
         body = json.dumps(data).encode()
         return _json(self.request("POST", path, body=body, content_type="application/json", **kwargs))
+
+
+def clock_offset(response: requests.Response, now: float | None = None) -> float | None:
+    """This computer's clock minus the coordinator's, from the answer's HTTP Date header (1 s resolution;
+    None without one). Read as the answer arrives, so the request's round trip hardly counts."""
+    from email.utils import parsedate_to_datetime
+
+    text = response.headers.get("Date", "")
+    try:
+        theirs = parsedate_to_datetime(text).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return (time.time() if now is None else now) - theirs
 
 
 def _json(response: requests.Response) -> dict:

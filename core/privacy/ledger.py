@@ -302,6 +302,13 @@ class PrivacyLedger:
                 )
             elif {"settings", "charges"} - tables:
                 raise LedgerError(f"The privacy ledger {self.path} is missing tables; restore it from a backup.")
+        except sqlite3.OperationalError as exc:
+            # Not a damaged file: a full disk, a read-only folder (WAL needs to write beside the ledger), a lock.
+            connection.close()
+            raise LedgerError(
+                f"Cannot open the privacy ledger {self.path} for writing ({exc}): free disk space or make the "
+                "hospital folder writable, then try again."
+            ) from exc
         except sqlite3.DatabaseError as exc:
             connection.close()
             raise LedgerError(
@@ -402,14 +409,29 @@ class _Transaction:
                 try:
                     self.cursor.execute("COMMIT")
                 except sqlite3.Error as error:
-                    self.cursor.execute("ROLLBACK")
+                    self._rollback()
                     raise LedgerError(
                         f"Could not save to the privacy ledger {self.ledger.path} ({error}); nothing was charged."
                     ) from error
             else:
-                self.cursor.execute("ROLLBACK")
+                self._rollback()
+                if isinstance(exc, sqlite3.Error):
+                    # e.g. "database or disk is full", "attempt to write a readonly database" in the middle of
+                    # a charge: SQLite rolled it back, so nothing was recorded, and nothing may be computed.
+                    raise LedgerError(
+                        f"Could not write to the privacy ledger {self.ledger.path} ({exc}): free disk space or make "
+                        "the hospital folder writable, then try again; nothing was charged or run."
+                    ) from exc
         finally:
             self.ledger._lock.release()
+
+    def _rollback(self) -> None:
+        """ROLLBACK, unless SQLite already rolled the transaction back itself (it does on SQLITE_FULL)."""
+        if self.ledger._connection.in_transaction:
+            try:
+                self.cursor.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the transaction is gone either way: nothing of it was committed
 
 
 @dataclass(frozen=True)

@@ -119,9 +119,32 @@ def _open_ledger(config: TrainConfig, home: HospitalHome, num_train: int, run_id
     return ledger, delta, limit, notes
 
 
+def _check_writable(out: Path) -> None:
+    """OSError now, before any privacy is spent, when the model could not be saved where asked (a read-only
+    folder, no permission); a disk that fills up during training still fails at the end."""
+    import os
+    import tempfile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd, probe = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(out.parent)) from exc  # name the folder, not the probe
+    os.close(fd)
+    os.unlink(probe)
+
+
+class _RunLogHandler(logging.FileHandler):
+    """train.log is a convenience: on a full disk its lines are dropped quietly (logging would print a
+    traceback for each), and the run fails in one line where it writes what matters (ledger, model)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 -- logging's name
+        pass
+
+
 def _open_run_log(run_dir: Path) -> logging.Handler:
     run_dir.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run_dir / "train.log", encoding="utf-8")
+    handler = _RunLogHandler(run_dir / "train.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
@@ -136,23 +159,28 @@ def run(
     on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> TrainResult:
     config.validate()
+    from core.config import storage_errors
     from core.home import HospitalHome
 
-    home = HospitalHome.at(config.home).ensure()
-    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-    run_dir = home.runs / f"{run_id}-{config.mode}"
-    handler = _open_run_log(run_dir)
-    try:
-        log.info("run %s in home %s config %s", run_id, home.root, config)
-        result = _run(config, home, run_id, run_dir, progress, cancel, on_epoch)
-        log.info("finished: %s", {k: v for k, v in result.to_dict().items() if k != "history"})
-        return result
-    except Exception as exc:
-        log.error("failed: %s", exc)
-        raise
-    finally:
-        log.removeHandler(handler)
-        handler.close()
+    # A full disk or a read-only folder: one line (StorageError); the ledger is charged in one transaction
+    # and the model package is written atomically, so nothing is left half-written.
+    with storage_errors(config.home or "this hospital's folder"):
+        home = HospitalHome.at(config.home).ensure()
+        _check_writable(Path(config.out))
+        run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+        run_dir = home.runs / f"{run_id}-{config.mode}"
+        handler = _open_run_log(run_dir)
+        try:
+            log.info("run %s in home %s config %s", run_id, home.root, config)
+            result = _run(config, home, run_id, run_dir, progress, cancel, on_epoch)
+            log.info("finished: %s", {k: v for k, v in result.to_dict().items() if k != "history"})
+            return result
+        except Exception as exc:
+            log.error("failed: %s", exc)
+            raise
+        finally:
+            log.removeHandler(handler)
+            handler.close()
 
 
 def _run(config, home, run_id, run_dir, progress, cancel, on_epoch) -> TrainResult:

@@ -1,12 +1,13 @@
-"""Settings: the hospital home and its image cache, CPU threads, default accountant and theme. Saved as
-soon as they change."""
+"""Settings: the hospital home and its image cache, CPU threads, default accountant and theme, and the HTTPS
+proxy the hospital reaches its coordinators through (kept in the home's network.toml, which `dopamine join`
+and `leave` read too). Saved as soon as they change."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from PySide6.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QSpinBox, QWidget
+from PySide6.QtWidgets import QComboBox, QFormLayout, QHBoxLayout, QLineEdit, QSpinBox, QWidget
 
 from core import paths
 from gui.context import AppContext
@@ -65,6 +66,20 @@ class SettingsPage(Page):
             "steps into ε; the one used is recorded with every number.", "muted"))
         self.body.addWidget(computing)
 
+        network = Card("Network")
+        nform = QFormLayout()
+        self.proxy = QLineEdit()
+        self.proxy.setPlaceholderText("none: connect directly")
+        self.proxy.setMaximumWidth(360)
+        nform.addRow("HTTPS proxy", self.proxy)
+        network.body.addLayout(nform)
+        network.body.addWidget(label(
+            "Only if this hospital's IT requires one, e.g. http://proxy.hospital.example:3128 (with "
+            "user:password@ before the host if it asks for them). Kept in the hospital home, so joining, "
+            "leaving and the command line use it. The federation's CA stays pinned through the proxy: one that "
+            "inspects TLS is refused, and IT must exempt the coordinator's address from inspection.", "muted"))
+        self.body.addWidget(network)
+
         self.trusted_signers = TrustedSigners(context)
         self.body.addWidget(self.trusted_signers)
 
@@ -86,6 +101,7 @@ class SettingsPage(Page):
         self.cpu_threads.valueChanged.connect(self.apply)
         self.accountant.currentIndexChanged.connect(self.apply)
         self.theme.currentIndexChanged.connect(self.apply)
+        self.proxy.editingFinished.connect(self.apply_proxy)
         self.defaults_button.clicked.connect(self.restore_defaults)
 
     def _load(self, settings: AppSettings) -> None:
@@ -98,7 +114,38 @@ class SettingsPage(Page):
             self.theme.setCurrentIndex(max(0, self.theme.findData(settings.theme)))
         finally:
             self._loading = False
+        self._load_proxy()
         self._show_locations()
+
+    def _load_proxy(self) -> None:
+        from core.errors import ConfigError
+        from core.federation.network import load_network_settings
+
+        try:
+            self.proxy.setText(load_network_settings(self.context.home).proxy)
+        except ConfigError as exc:  # a broken network.toml: shown, and fixed by saving a proxy here
+            self.proxy.setText("")
+            self.proxy.setToolTip(str(exc))
+
+    def apply_proxy(self) -> None:
+        from core.errors import ConfigError
+        from core.federation.network import NetworkSettings, load_network_settings, save_network_settings
+
+        home = self.context.home
+        try:
+            settings = load_network_settings(home)
+        except ConfigError:
+            settings = NetworkSettings()
+        if self.proxy.text().strip() == settings.proxy:
+            return
+        settings.proxy = self.proxy.text()
+        try:
+            save_network_settings(home, settings)
+        except Exception as exc:  # noqa: BLE001 -- a refused address is shown, the app keeps running
+            show_error(self, exc)
+            return
+        self.proxy.setText(settings.proxy)
+        self.proxy.setToolTip("")
 
     def _show_locations(self) -> None:
         self.locations.set_rows([
@@ -133,6 +180,7 @@ class SettingsPage(Page):
         if Path(settings.work_folder) != Path(old_work):
             self.context.ledger_changed.emit()
             self.context.models_changed.emit()
+            self._load_proxy()  # the proxy belongs to the home
         self._show_locations()
 
     def restore_defaults(self) -> None:

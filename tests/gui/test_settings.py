@@ -142,3 +142,26 @@ def test_the_home_page_says_what_is_kept_on_disk(window):
     texts = " ".join(banner.text() for banner in page.findChildren(Banner))
     assert "nothing is copied" not in texts and "No image is uploaded" in texts
     assert str(window.context.home.root) in page.home_label.text()
+
+
+def test_the_https_proxy_is_kept_in_the_hospital_home(window, tmp_path, monkeypatch):
+    from core.federation.network import load_network_settings
+    from gui.pages import settings as settings_page
+
+    page = window.show_page("settings")
+    page.work_folder.set_path(tmp_path / "home-a", emit=True)
+    home = window.context.home
+    assert page.proxy.text() == "" and page.proxy.placeholderText().startswith("none")
+    page.proxy.setText("proxy.hospital.example:3128")
+    page.proxy.editingFinished.emit()
+    # Normalized and saved where `dopamine join` and the app's own joins read it.
+    assert page.proxy.text() == "http://proxy.hospital.example:3128"
+    assert load_network_settings(home).proxy == "http://proxy.hospital.example:3128"
+    shown = []
+    monkeypatch.setattr(settings_page, "show_error", lambda parent, exc: shown.append(str(exc)))
+    page.proxy.setText("socks5://proxy:1080")
+    page.proxy.editingFinished.emit()
+    assert shown and "http://host:port" in shown[0]
+    assert load_network_settings(home).proxy == "http://proxy.hospital.example:3128"  # the refused one not kept
+    page.work_folder.set_path(tmp_path / "home-b", emit=True)  # another home: its own (no) proxy
+    assert page.proxy.text() == ""

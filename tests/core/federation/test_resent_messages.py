@@ -71,3 +71,45 @@ def test_a_message_never_sent_is_still_refused_as_out_of_step(coordinator):
         with pytest.raises(Refused) as refused:
             coordinator.submit("h01", round, attempt, "update", body)
         assert refused.value.status == 409 and refused.value.code != "duplicate"
+
+
+def test_a_restart_after_a_released_round_opens_the_next_one(coordinator, tmp_path):
+    # Killed between committing round 1 (its model published, its messages deleted) and opening round 2:
+    # the stored state still names round 1 as open. Resuming it would find no messages and retry round 1,
+    # which every hospital holding its model refuses (the kill matrix's "publishing the model" cell).
+    body = _update(coordinator)
+    for hospital in ("h01", "h02"):
+        coordinator.submit(hospital, 1, 1, "update", body)
+    _wait(lambda: coordinator.state.round == 2)
+    coordinator.stop()
+    again = Coordinator(tmp_path / "fed")
+    with again.store.transaction() as db:  # the state as the kill left it
+        again.store.set_meta(db, {"round": 1, "attempt": 1, "phase": "update"})
+    again.store.close()
+    restarted = Coordinator(tmp_path / "fed")
+    try:
+        assert (restarted.state.model_round, restarted.state.round, restarted.state.attempt) == (1, 2, 1)
+        assert restarted.state.phase == "update"
+    finally:
+        restarted.store.close()
+
+
+def test_a_restarted_hospital_removes_what_a_killed_write_left(tmp_path):
+    # SIGKILL between atomic_write_bytes's temporary file and its rename leaves the temporary file behind
+    # (the kill matrix found .state.json.<random>.tmp in a hospital's membership folder after the run).
+    from core.federation.membership import MembershipFolder
+
+    folder = MembershipFolder(tmp_path / "membership")
+    folder.pending.mkdir(parents=True)
+    leftovers = [folder.root / ".state.json.k3j2.tmp", folder.pending / ".r00001-a001.bin.x9.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"half")
+    kept = folder.root / "notes.tmp"  # not one of ours
+    kept.write_bytes(b"x")
+    invitation = type("Invitation", (), {"ca_certificate": "pem", "federation_id": "f", "federation_name": "n",
+                                         "coordinator_url": "https://x", "hospital_id": "h01",
+                                         "hospital_name": "a", "plan_hash": "p", "ca_fingerprint": "c",
+                                         "coordinator_signing_key": b"k"})()
+    folder.create(invitation)
+    assert not any(path.exists() for path in leftovers) and kept.exists()
+    assert not list(folder.root.glob(".*.tmp"))
