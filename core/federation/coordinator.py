@@ -526,6 +526,7 @@ class Coordinator:
         if action.first:
             values["round_started"] = now
         self._save(**values)
+        self._unpublished = None  # a sum belongs to its attempt: a new attempt never publishes an older one
         self._submitted = {}
         self._left = set()
         self._aggregation = self._new_aggregation()
