@@ -87,25 +87,16 @@ def arrays_to_bytes(arrays: Mapping[str, np.ndarray], metadata: Mapping[str, str
 
 
 def tensors_from_bytes(data: bytes, *, expected: Mapping[str, tuple[int, ...]], what: str) -> dict[str, torch.Tensor]:
-    """Parse safetensors bytes that must hold exactly ``expected`` (name -> shape), finite float32."""
+    """Parse safetensors bytes that must hold exactly ``expected`` (name -> shape), finite float32
+    (``arrays_from_bytes``, as torch tensors)."""
     import torch
-    from safetensors.torch import load
 
-    try:
-        tensors = load(data)
-    except (SafetensorError, ValueError, RuntimeError) as exc:
-        raise FederationError(f"The {what} is not a valid safetensors payload.") from exc
-    _check_fit(tensors, expected, what)
-    for name, tensor in tensors.items():
-        if tensor.dtype != torch.float32:
-            raise FederationError(f"The {what} must hold float32 values ({name} is {tensor.dtype}).")
-        if not bool(torch.isfinite(tensor).all()):
-            raise FederationError(f"The {what} holds non-finite values ({name}).")
-    return tensors
+    arrays = arrays_from_bytes(data, expected=expected, what=what)
+    return {name: torch.from_numpy(np.array(array)) for name, array in arrays.items()}  # writable copies
 
 
 def arrays_from_bytes(data: bytes, *, expected: Mapping[str, tuple[int, ...]], what: str) -> dict[str, np.ndarray]:
-    """tensors_from_bytes, as numpy arrays: exactly ``expected`` (name -> shape), finite float32."""
+    """Parse safetensors bytes that must hold exactly ``expected`` (name -> shape), finite float32."""
     from safetensors.numpy import load
 
     try:

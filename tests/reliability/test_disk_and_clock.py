@@ -318,6 +318,7 @@ def test_a_hospital_whose_clock_is_off_is_told_by_how_much(tmp_path, https_serve
                     session.close()
                 message = str(refused.value)
                 assert isinstance(refused.value, RequestFailure) and refused.value.status == 401
+                # The reported offset is the skew we set (the Date header has whole seconds; not a speed bound).
                 assert refused.value.offset_s is not None and abs(refused.value.offset_s - skew) < 5
                 assert abs(float(message.split("off by about ")[1].split(" s")[0]) - abs(skew)) <= 5, message
                 assert way in message and "fix this computer's date and time" in message and "\n" not in message
@@ -442,7 +443,7 @@ def test_a_hospital_that_joins_with_its_clock_off_is_told_to_fix_it(tmp_path, im
                                      "--max-epsilon", "10", "--accept-roster", "any"], prelude=skewed))
     assert "clock is off by about" in line and "ahead of the coordinator's" in line, line
     seconds = float(line.split("off by about ")[1].split(" s")[0])
-    assert 990 <= seconds <= 1010, line
+    assert 990 <= seconds <= 1010, line  # the 1000 s we set, to the Date header's whole seconds (not a speed bound)
     assert "fix this computer's date and time" in line
     print(json.dumps({"hospital_prints": line}))
 
