@@ -31,10 +31,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 
-# The image cache's layout (core.data.cache): HOME/cache/images/<2 hex digits>/<sha256>.npy, written via
-# hidden temp files. Measuring and clearing it lives here, away from torch, so the app can do both
-# without importing the training stack.
+# The image cache's layout (core.data.cache): HOME/cache/images/<2 hex digits>/<sha256>.npy (one decoded
+# image each) and HOME/cache/images/stacks/<sha256>.stack (one large collection each), written via hidden
+# temp files. Measuring and clearing it lives here, away from torch, so the app can do both without
+# importing the training stack.
 _CACHE_ENTRY_SUFFIX = ".npy"
+_STACKS = "stacks"
+_STACK_SUFFIX = ".stack"
 
 
 def _safe(text: str, limit: int = 40) -> str:
@@ -144,11 +147,15 @@ def _cache_files(folder: Path) -> list[Path]:
         if len(sub.name) == 2 and sub.is_dir() and not sub.is_symlink():
             found += [p for p in sub.iterdir()
                       if p.is_file() and (p.suffix == _CACHE_ENTRY_SUFFIX or p.name.endswith(".tmp"))]
+        elif sub.name == _STACKS and sub.is_dir() and not sub.is_symlink():
+            found += [p for p in sub.iterdir()
+                      if p.is_file() and (p.suffix == _STACK_SUFFIX or p.name.endswith(".tmp"))]
     return found
 
 
 def image_cache_usage(folder: Path) -> tuple[int, int]:
-    """(entries, bytes) of the image cache in ``folder``; walks the folder, so call it off the GUI thread."""
+    """(decoded images, bytes) of the image cache in ``folder``; walks the folder, so call it off the GUI
+    thread. The images count the per-image entries; the bytes include the stacks of large collections."""
     entries = size = 0
     for path in _cache_files(folder):
         try:
@@ -177,7 +184,7 @@ def clear_image_cache(folder: Path) -> int:
                             "close other Dopamine windows and try again.") from exc
     folder = Path(folder)
     for sub in folder.iterdir() if folder.is_dir() else ():
-        if len(sub.name) == 2 and sub.is_dir() and not sub.is_symlink():
+        if (len(sub.name) == 2 or sub.name == _STACKS) and sub.is_dir() and not sub.is_symlink():
             try:
                 sub.rmdir()
             except OSError:

@@ -3,7 +3,7 @@ validation and make-up, preprocessing (plain or fundus crop), caching, splitting
 generator used for demos and tests.
 
 The names below are loaded from their modules on first use, not on ``import core.data...``: several
-import torch (cache, preprocess), which a process that only reads images or writes a model card (the
+import torch (cache, store), which a process that only reads images or writes a model card (the
 coordinator, a command's argument parser) should not pay for. The function preprocess is imported from
 core.data.preprocess: the package attribute of that name is the module."""
 

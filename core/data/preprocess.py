@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from core.data.fundus import DiscSearch, crop_box, crop_square, disc_mask, find_disc, local_average_normalise
 from core.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -148,6 +150,8 @@ class Prepared:
         return self.search is not None and self.search.disc is None
 
     def tensor(self) -> torch.Tensor:
+        import torch  # lazy: the decode workers (core.data.decode) use this module without torch
+
         array = np.asarray(self.image, dtype=np.uint8)
         return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
@@ -198,6 +202,8 @@ def resize_crop(image: Image.Image, spec: Preprocessing) -> torch.Tensor:
 
 def normalize(batch_uint8: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
     """uint8 [..., 3, H, W] -> float32 scaled to [0, 1] and standardised with the spec's mean and std."""
+    import torch
+
     if batch_uint8.dtype != torch.uint8 or batch_uint8.dim() < 3 or batch_uint8.shape[-3] != 3:
         raise DataError(f"Expected uint8 images shaped [..., 3, H, W], got {batch_uint8.dtype} "
                         f"{tuple(batch_uint8.shape)}.")

@@ -18,12 +18,15 @@ import os
 import re
 import statistics
 from collections import Counter
+from collections.abc import Generator
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.data.dataset import DR_CLASSES, HospitalDataset, Sample, open_dataset
-from core.data.images import MAX_FRAMES_PER_FILE, ImageInfo, ImageReadError, is_image_file, open_image
+from core.data.decode import POOL_MIN_FILES, FileCheck, check_file, checked_in_pool, decode_workers
+from core.data.images import MAX_FRAMES_PER_FILE, ImageInfo, is_image_file
 from core.data.problems import NOTES, PROBLEM_KINDS, Problem
 from core.jobs import NEVER_CANCELLED, CancelToken, ProgressFn, no_progress
 
@@ -151,13 +154,15 @@ def file_sha256(data: bytes) -> str:
 def validate(path: Path, *, labels_csv: Path | None = None, min_size: int = 224, preprocessing: Any = None,
              max_frames: int = MAX_FRAMES_PER_FILE, expected_classes: list[str] | None = None,
              expected_from: str = "the plan", progress: ProgressFn = no_progress,
-             cancel: CancelToken = NEVER_CANCELLED) -> ValidationReport:
+             cancel: CancelToken = NEVER_CANCELLED, workers: int | None = None) -> ValidationReport:
     """Open and fully decode every image of the collection at ``path``; report what is usable and why not.
 
     ``preprocessing`` (core.data.preprocess.Preprocessing): with ``fundus_crop`` on, every image is also
     searched for the retina's disc, and images where none is found are reported (they fall back to the
     plain pipeline). ``max_frames``: the most frames a multi-frame file may hold. ``expected_classes``:
     the classes the model or federation (``expected_from``) trains; other classes are warned about.
+    ``workers``: decoding processes (None: core.data.decode.decode_workers() for POOL_MIN_FILES files or
+    more; 1: this process). The report is the same either way: files are judged in the collection's order.
     """
     dataset = open_dataset(Path(path), labels_csv=labels_csv)
     warnings = layout_warnings(dataset, expected_classes, expected_from)
@@ -170,46 +175,43 @@ def validate(path: Path, *, labels_csv: Path | None = None, min_size: int = 224,
     fundus = _FundusCheck() if preprocessing is not None and getattr(preprocessing, "fundus_crop", False) else None
     total = len(dataset.samples)
     usable_files = 0
-    for done, sample in enumerate(dataset.samples):
-        cancel.check()
-        progress(done / max(total, 1), f"Checking {sample.path.name}")
-        try:
-            data = sample.path.read_bytes()
-        except OSError as exc:
-            problems.append(Problem(str(sample.path), "unreadable",
-                                    f"cannot be read ({exc.strerror or exc}); check the file's permissions"))
-            continue
-        digest = file_sha256(data)
-        first = first_by_hash.get(digest)
-        if first is not None:
-            groups.setdefault(digest, [str(first.path)]).append(str(sample.path))
-            note = "" if first.label == sample.label else " (with a different label!)"
-            problems.append(Problem(str(sample.path), "duplicate", f"same content as {first.path}{note}"))
-            continue
-        try:
-            opened = open_image(data, sample.path.name, max_frames=max_frames)
-            info = opened.info
-            frames = []
-            for index, image in enumerate(opened.frames()):
-                cancel.check()
-                if fundus is not None:
-                    fundus.check(image, sample, index if info.frames > 1 else None, problems)
-                frames.append(image.size)
-        except ImageReadError as exc:
-            problems.append(Problem(str(sample.path), exc.kind, _without_name(str(exc), sample.path.name)))
-            continue
-        first_by_hash[digest] = sample
-        usable_files += 1
-        for index in range(info.frames):
-            usable.append(Sample(sample.path, sample.label, frame=index if info.frames > 1 else None,
-                                 laterality=info.laterality))
-            infos.append(info)
-        width, height = frames[0]
-        sizes.append((width, height))
-        if min(width, height) < min_size:
-            problems.append(Problem(str(sample.path), "too_small",
-                                    f"{width}x{height} px is smaller than the model input of {min_size} px; "
-                                    "it will be upscaled"))
+    with closing(_checked(dataset.samples, max_frames, fundus is not None, workers, cancel)) as checks:
+        for done, (sample, check) in enumerate(zip(dataset.samples, checks, strict=True)):
+            cancel.check()
+            progress(done / max(total, 1), f"Checking {sample.path.name}")
+            if check.read_error is not None or check.digest is None:
+                problems.append(Problem(str(sample.path), "unreadable",
+                                        f"cannot be read ({check.read_error}); check the file's permissions"))
+                continue
+            digest = check.digest
+            first = first_by_hash.get(digest)
+            if first is not None:
+                groups.setdefault(digest, [str(first.path)]).append(str(sample.path))
+                note = "" if first.label == sample.label else " (with a different label!)"
+                problems.append(Problem(str(sample.path), "duplicate", f"same content as {first.path}{note}"))
+                continue
+            if fundus is not None:
+                # the frames decoded before an error were checked too, as when one process walked them
+                several = check.info is None or check.info.frames > 1
+                for index, search in enumerate(check.searches):
+                    fundus.record(search, sample, index if several else None, problems)
+            if check.error is not None or check.info is None:
+                problems.append(Problem(str(sample.path), check.error_kind or "unreadable",
+                                        _without_name(check.error or "", sample.path.name)))
+                continue
+            info, frames = check.info, check.sizes
+            first_by_hash[digest] = sample
+            usable_files += 1
+            for index in range(info.frames):
+                usable.append(Sample(sample.path, sample.label, frame=index if info.frames > 1 else None,
+                                     laterality=info.laterality))
+                infos.append(info)
+            width, height = frames[0]
+            sizes.append((width, height))
+            if min(width, height) < min_size:
+                problems.append(Problem(str(sample.path), "too_small",
+                                        f"{width}x{height} px is smaller than the model input of {min_size} px; "
+                                        "it will be upscaled"))
     progress(1.0, "Checked")
 
     class_counts = {name: 0 for name in dataset.classes}
@@ -307,8 +309,11 @@ class _FundusCheck:
     def check(self, image, sample: Sample, frame: int | None, problems: list[Problem]) -> None:
         from core.data.fundus import find_disc
 
+        self.record(find_disc(image), sample, frame, problems)
+
+    def record(self, search, sample: Sample, frame: int | None, problems: list[Problem]) -> None:
+        """Count one disc search (core.data.fundus.DiscSearch), made here or in a decoding process."""
         self.checked += 1
-        search = find_disc(image)
         if search.disc is None:
             self.reasons[search.reason] += 1
             where = str(sample.path) if frame is None else f"{sample.path} [frame {frame + 1}]"
@@ -404,6 +409,24 @@ def make_up_lines(summary: dict[str, Any]) -> list[str]:
         for reason, count in crop.get("fallback_reasons", {}).items():
             lines.append(f"    {count}: {reason}")
     return lines
+
+
+def _checked(samples: list[Sample], max_frames: int, fundus: bool, workers: int | None,
+             cancel: CancelToken) -> Generator[FileCheck, None, None]:
+    """check_file of every sample's file, in order: in a pool of processes for a large collection (every
+    file is decoded there, duplicates too), else here (a file with the content of an earlier good one is
+    only hashed)."""
+    pool = workers if workers is not None else decode_workers()
+    paths = [str(sample.path) for sample in samples]
+    if pool > 1 and (workers is not None or len(paths) >= POOL_MIN_FILES):
+        yield from checked_in_pool(paths, max_frames=max_frames, fundus=fundus, workers=pool, cancel=cancel)
+        return
+    good: set[str] = set()
+    for path in paths:
+        check = check_file(path, max_frames=max_frames, fundus=fundus, skip=good, cancel=cancel)
+        if check.digest is not None and check.info is not None:
+            good.add(check.digest)
+        yield check
 
 
 def _without_name(message: str, name: str) -> str:
