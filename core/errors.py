@@ -59,6 +59,10 @@ class ConfigError(DopamineError):
     """A configuration value or combination of values is invalid."""
 
 
+class DeviceUnavailable(ConfigError):
+    """The compute device asked for (``cuda``) is not there; ``auto`` or ``cpu`` works everywhere."""
+
+
 class DataError(DopamineError):
     """A dataset, image, CSV or DICOM file cannot be used."""
 

@@ -78,7 +78,7 @@ def review_invitation(path: Path, *, num_images: int | None, home: Any,
 
 
 def join(review: InvitationReview, *, data: Path, home: Path, threads: int, accept_roster: str | None,
-         progress, cancel, on_event) -> Any:
+         progress, cancel, on_event, device: str = "auto") -> Any:
     """Take part (or resume taking part) in the federation, in a child process; returns core's JoinResult.
 
     The arguments are core.federation.client.JoinConfig's (see gui.child_jobs for why a child process):
@@ -87,7 +87,8 @@ def join(review: InvitationReview, *, data: Path, home: Path, threads: int, acce
     from gui.child_jobs import run_child
 
     config = {"invitation": str(review.path), "data": str(data), "home": str(home),
-              "accept_roster": accept_roster, "accountant": review.accountant, "threads": threads}
+              "accept_roster": accept_roster, "accountant": review.accountant, "threads": threads,
+              "device": device}
     return run_child("join", {"config": config}, progress=progress, cancel=cancel, on_event=on_event)
 
 

@@ -150,7 +150,8 @@ class FederationSession(QObject):
         self._set_state(Membership.JOINING)
         self.job = self.context.runner.start(
             join, review, data=Path(dataset), home=self.context.home.root, accept_roster=self.accepted_roster,
-            threads=self.context.settings.cpu_threads, name="federation", precious=True,
+            threads=self.context.settings.cpu_threads, device=self.context.settings.device, name="federation",
+            precious=True,
             on_event=self.handle_event, on_done=self._done, on_error=self._failed, on_cancelled=self._paused)
         self.job.finished.connect(self._job_ended)
         self.job_started.emit(self.job)

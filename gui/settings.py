@@ -1,4 +1,4 @@
-"""The app's own settings (folders, threads, accountant, theme, window state), saved as TOML.
+"""The app's own settings (folders, threads, device, accountant, theme, window state), saved as TOML.
 
 They live in ``core.paths.config_dir()/gui.toml``; a missing or unreadable file means defaults, so a
 broken settings file can never stop the app from starting (the problem is reported instead).
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from core import paths
 from core.config import load_toml, save_toml
+from core.device import DEFAULT_DEVICE, DEVICES
 from core.errors import ConfigError
 
 THEMES = ("light", "dark")
@@ -31,6 +32,8 @@ class AppSettings:
     # cache. The default is the one the command line uses without --home.
     work_folder: Path = field(default_factory=paths.data_dir)
     cpu_threads: int = field(default_factory=default_threads)
+    # Where training, federation and comparison jobs compute (core.device): auto, cpu or cuda.
+    device: str = DEFAULT_DEVICE
     accountant: str = "rdp"
     theme: str = "light"
     # The dataset chosen on the Data page (a folder or an APTOS-style CSV), remembered across starts.
@@ -48,6 +51,8 @@ class AppSettings:
             raise ConfigError(f"Theme {self.theme!r} is unknown; choose one of {', '.join(THEMES)}.")
         if not 1 <= int(self.cpu_threads) <= 256:
             raise ConfigError("CPU threads must be between 1 and 256; change it in Settings.")
+        if self.device not in DEVICES:
+            raise ConfigError(f"Device {self.device!r} is unknown; choose Auto, CPU or CUDA in Settings.")
 
 
 def settings_path() -> Path:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from core.commands.progress import progress_bar
+from core.device import DEFAULT_DEVICE, DEVICE_HELP, DEVICES
 
 
 def register(subparsers) -> None:
@@ -51,6 +52,7 @@ def register(subparsers) -> None:
                         help="a smoke run (under a minute on 2 cores): 400 synthetic images, at most 4 hospitals, "
                              "one seed, short training")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--device", choices=list(DEVICES), default=DEFAULT_DEVICE, help=DEVICE_HELP)
     parser.set_defaults(func=_compare)
 
 
@@ -67,7 +69,7 @@ def _compare(args: argparse.Namespace) -> int:
         rounds=args.rounds, local_epochs=args.local_epochs, fraction=args.fraction,
         batch_size=args.batch_size, local_batch_size=args.local_batch_size,
         lr_search=not args.no_lr_search, synthetic_images=args.synthetic_images, quick=args.quick,
-        threads=args.threads)
+        threads=args.threads, device=args.device)
     with progress_bar("Comparing modes") as progress:
         result = run(config, progress=progress)
     print(f"{'mode':6} {'accuracy':>15} {'quadratic kappa':>17} {'epsilon':>8} {'sigma':>6}")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from core.commands.home import add_home_option, home_of
 from core.commands.progress import progress_bar
+from core.device import DEFAULT_DEVICE, DEVICE_HELP, DEVICES
 
 
 def _hosts(values: list[str] | None) -> list[str]:
@@ -127,6 +128,7 @@ def register(subparsers) -> None:
                       help="the roster code this hospital confirmed after comparing every peer's fingerprint with "
                            "that hospital (printed by a first run); 'any' skips the check (simulations only)")
     join.add_argument("--threads", type=int, help="CPU threads for local training")
+    join.add_argument("--device", choices=list(DEVICES), default=DEFAULT_DEVICE, help=DEVICE_HELP)
     _add_proxy_option(join)
     join.add_argument("--network-timeout", type=float, metavar="SECONDS",
                       help="a connection to the coordinator silent this long past the expected answer is declared "
@@ -154,6 +156,8 @@ def register(subparsers) -> None:
     simulate.add_argument("--test-images", type=int, default=200)
     simulate.add_argument("--workdir", type=Path, help="keep everything in this folder (default: temporary)")
     simulate.add_argument("--max-epsilon", type=float, default=1000.0, help="each hospital's cap")
+    simulate.add_argument("--device", choices=list(DEVICES), default=DEFAULT_DEVICE,
+                          help=DEVICE_HELP + "; every hospital's process uses it")
     simulate.add_argument("--json", type=Path, metavar="OUT", help="write the results as one JSON object")
     simulate.set_defaults(func=_simulate)
 
@@ -348,7 +352,7 @@ def _join(args: argparse.Namespace) -> int:
 
     config = JoinConfig(invitation=args.invitation, data=args.data, home=home_of(args).root,
                         max_epsilon=args.max_epsilon, accept_roster=args.accept_roster, labels_csv=args.labels_csv,
-                        threads=args.threads, proxy=args.proxy, timeout_s=args.network_timeout)
+                        threads=args.threads, device=args.device, proxy=args.proxy, timeout_s=args.network_timeout)
 
     def on_event(event) -> None:
         if args.events_jsonl:
@@ -388,7 +392,7 @@ def _simulate(args: argparse.Namespace) -> int:
         local_epochs=args.local_epochs, noise_multiplier=args.noise_multiplier, max_grad_norm=args.max_grad_norm,
         lr=args.lr, momentum=args.momentum, delta=args.delta, accountant=args.accountant, secagg=args.secagg,
         max_epsilon=args.max_epsilon, server_optimizer=args.server_optimizer,
-        server_lr_schedule=args.server_lr_schedule,
+        server_lr_schedule=args.server_lr_schedule, device=args.device,
     )
     with progress_bar("Simulation") as progress:
         result = run(config, progress=progress)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from core.commands import home as home_option
 from core.commands.progress import progress_bar
+from core.device import DEFAULT_DEVICE, DEVICE_HELP, DEVICES
 
 
 def register(subparsers) -> None:
@@ -39,7 +40,7 @@ def register(subparsers) -> None:
     train.add_argument("--val-fraction", type=float, default=0.2)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--threads", type=int, help="CPU threads (default: all)")
-    train.add_argument("--device", choices=["cpu", "cuda", "auto"], default="cpu")
+    train.add_argument("--device", choices=list(DEVICES), default=DEFAULT_DEVICE, help=DEVICE_HELP)
     train.add_argument("--initial-weights", type=Path, help="safetensors file to start from")
     train.add_argument("--out", type=Path, required=True, help="where to write the signed model (.dpm)")
     home_option.add_home_option(train)

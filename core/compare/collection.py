@@ -16,13 +16,14 @@ from pathlib import Path
 import torch
 
 from core.data.preprocess import Preprocessing
+from core.data.store import ImageStore
 from core.errors import ConfigError, DataError
 from core.jobs import NEVER_CANCELLED, CancelToken, ProgressFn, no_progress
 
 
 @dataclass
 class Collection:
-    images: torch.Tensor  # uint8 [N, 3, S, S]
+    images: torch.Tensor | ImageStore  # uint8 [N, 3, S, S]; a large collection is read from disk
     labels: torch.Tensor  # int64 [N]
     groups: list[str]  # each image's hospital folder ("" for one collection; "test" for the test folder)
     classes: list[str]
@@ -65,7 +66,8 @@ def load_collection(data: Path, *, labels_csv: Path | None, by_folder: bool, spe
                     cache_dir: Path, progress: ProgressFn = no_progress,
                     cancel: CancelToken = NEVER_CANCELLED) -> Collection:
     """Validate and load every usable labelled image of ``data``; ``by_folder``: one folder per hospital."""
-    from core.data import load_tensors, validate
+    from core.data import validate
+    from core.data.cache import load_images
 
     data = Path(data)
     if by_folder:
@@ -95,7 +97,7 @@ def load_collection(data: Path, *, labels_csv: Path | None, by_folder: bool, spe
     if len(samples) < 4 or classes is None or len(classes) < 2:
         raise DataError(f"{data}: only {len(samples)} usable labelled images; a comparison needs at least two "
                         "classes and a few images of each.")
-    images, labels = load_tensors(samples, spec, cache_dir=cache_dir, cancel=cancel,
-                                  progress=lambda f, m: progress(0.5 + 0.5 * f, m))
+    images, labels = load_images(samples, spec, cache_dir=cache_dir, cancel=cancel,
+                                 progress=lambda f, m: progress(0.5 + 0.5 * f, m))
     source = "synthetic fundus images (not patient data)" if is_synthetic(data) else str(data)
     return Collection(images, labels, groups, list(classes), spec, source, problems)

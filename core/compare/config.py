@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from core.device import DEFAULT_DEVICE, check_device_name
 from core.errors import ConfigError
 
 MODES = ("c", "cdp", "f", "fpdp", "fscdp")
@@ -39,6 +40,7 @@ class CompareConfig:
     test_fraction: float = 0.2
     quick: bool = False  # a smoke run: few images, epochs and rounds, one seed, two candidates
     threads: int | None = None
+    device: str = DEFAULT_DEVICE  # where the models compute (core.device); not part of a resume's settings
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -79,13 +81,14 @@ class CompareConfig:
                 raise ConfigError(message + ".")
         check_accountant_name(self.accountant)
         check_delta_value(self.delta)
+        check_device_name(self.device)
         if self.labels_csv is not None and self.data is None:
             raise ConfigError("--labels-csv needs DATA, the folder of images it labels.")
 
     def fingerprint(self) -> dict:
-        """What must match for a resume: everything but the output folder, the seed count and threads."""
+        """What must match for a resume: everything but the output folder, the seed count, threads and device."""
         values = asdict(self)
-        for name in ("out", "seeds", "threads"):
+        for name in ("out", "seeds", "threads", "device"):
             values.pop(name)
         values["modes"] = list(self.modes)
         return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}

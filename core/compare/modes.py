@@ -22,6 +22,7 @@ import torch
 
 from core.compare.config import FEDERATED, MODES, PRIVATE
 from core.data.preprocess import Preprocessing
+from core.data.store import ImageStore
 from core.errors import ConfigError
 from core.jobs import NEVER_CANCELLED, CancelToken
 
@@ -30,14 +31,16 @@ from core.jobs import NEVER_CANCELLED, CancelToken
 class CompareData:
     """Preprocessed images (uint8) and labels, the hospitals' and the test set's indices."""
 
-    images: torch.Tensor
+    images: torch.Tensor | ImageStore  # a large collection stays on disk (core.data.store)
     labels: torch.Tensor
     hospitals: list[torch.Tensor]  # int64 indices into images, one tensor per hospital
     test: torch.Tensor
     spec: Preprocessing
     classes: list[str]
 
-    def part(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def part(self, indices: torch.Tensor) -> tuple[torch.Tensor | ImageStore, torch.Tensor]:
+        if isinstance(self.images, ImageStore):
+            return self.images.subset(indices), self.labels[indices]
         return self.images[indices], self.labels[indices]
 
     @property
@@ -109,31 +112,34 @@ class Trained:
 
 def train_mode(settings: ModeSettings, data: CompareData, seed: int, *, cancel: CancelToken = NEVER_CANCELLED,
                progress: Callable[[float], None] = lambda fraction: None,
-               rng_factory: RngFactory = _fresh) -> Trained:
-    """Train ``settings.mode`` on ``data``'s hospitals from the initial weights of ``seed``. ``rng_factory``
-    is for the test suite only (the same DP randomness in two runs); the CLI and the app never set it."""
+               rng_factory: RngFactory = _fresh, device: torch.device | str = "cpu") -> Trained:
+    """Train ``settings.mode`` on ``data``'s hospitals from the initial weights of ``seed``, the model on
+    ``device`` (its DP randomness stays on the CPU: core.device). ``rng_factory`` is for the test suite
+    only (the same DP randomness in two runs); the CLI and the app never set it."""
     from core.models.registry import build_model
 
     if settings.mode not in MODES:
         raise ConfigError(f"Unknown mode {settings.mode!r}; choose among {', '.join(MODES)}.")
     torch.manual_seed(seed)  # the initial weights: public, as a federation plan's seed makes them
-    model = build_model(settings.model, len(data.classes))
+    model = build_model(settings.model, len(data.classes)).to(device)
     if settings.mode in FEDERATED:
-        epsilon, rate, steps = _federated(settings, data, model, cancel, progress, rng_factory)
+        epsilon, rate, steps = _federated(settings, data, model, cancel, progress, rng_factory, device)
     else:
-        epsilon, rate, steps = _central(settings, data, model, seed, cancel, progress, rng_factory)
+        epsilon, rate, steps = _central(settings, data, model, seed, cancel, progress, rng_factory, device)
     return Trained(model, epsilon, rate if settings.mode in PRIVATE else None, steps)
 
 
 def run_mode(settings: ModeSettings, data: CompareData, seed: int, *, cancel: CancelToken = NEVER_CANCELLED,
-             progress: Callable[[float], None] = lambda fraction: None) -> RunOutcome:
-    """Train ``settings.mode`` and evaluate it on ``data``'s test set."""
+             progress: Callable[[float], None] = lambda fraction: None,
+             device: torch.device | str = "cpu") -> RunOutcome:
+    """Train ``settings.mode`` (on ``device``) and evaluate it on ``data``'s test set."""
     from core.training.loop import evaluate_model
 
     started = time.monotonic()
-    trained = train_mode(settings, data, seed, cancel=cancel, progress=progress)
+    trained = train_mode(settings, data, seed, cancel=cancel, progress=progress, device=device)
     images, labels = data.part(data.test)
-    metrics = evaluate_model(trained.model, images, labels, data.spec, num_classes=len(data.classes))
+    metrics = evaluate_model(trained.model, images, labels, data.spec, num_classes=len(data.classes),
+                             device=device)
     private = settings.mode in PRIVATE
     return RunOutcome(
         mode=settings.mode, seed=seed, accuracy=metrics["accuracy"], kappa=metrics["kappa"],
@@ -144,7 +150,7 @@ def run_mode(settings: ModeSettings, data: CompareData, seed: int, *, cancel: Ca
         seconds=round(time.monotonic() - started, 3), settings=asdict(settings))
 
 
-def _central(settings, data, model, seed, cancel, progress, rng_factory) -> tuple[float, float, int]:
+def _central(settings, data, model, seed, cancel, progress, rng_factory, device) -> tuple[float, float, int]:
     from core.privacy.accountant import compute_epsilon, steps_per_epoch
     from core.training.loop import DPSettings, train_local
 
@@ -157,7 +163,7 @@ def _central(settings, data, model, seed, cancel, progress, rng_factory) -> tupl
     train_local(model, images, labels, data.spec, epochs=settings.epochs, batch_size=settings.batch_size,
                 lr=settings.lr, momentum=settings.momentum, lr_schedule="cosine", optimizer=settings.optimizer,
                 dp=dp, seed=seed, rng=rng_factory("central", 0) if dp else None,
-                on_step=lambda step, _loss: progress(step / total), cancel=cancel)
+                on_step=lambda step, _loss: progress(step / total), cancel=cancel, device=device)
     if dp is None:
         return math.inf, 1.0 / per_epoch, total
     epsilon = compute_epsilon(sample_rate=1.0 / per_epoch, noise_multiplier=float(settings.noise_multiplier),
@@ -223,7 +229,7 @@ def _load(model, layout, weights) -> None:
             model.get_parameter(name).copy_(tensor)
 
 
-def _federated(settings, data, model, cancel, progress, rng_factory) -> tuple[float, float, int]:
+def _federated(settings, data, model, cancel, progress, rng_factory, device) -> tuple[float, float, int]:
     from core.federation.aggregation import PlainAggregation, server_gradient
     from core.federation.local_work import train_delta
     from core.federation.server_optimizer import ServerOptimizer
@@ -246,13 +252,13 @@ def _federated(settings, data, model, cancel, progress, rng_factory) -> tuple[fl
         cancel.check()
         if plan.secagg:
             aggregate = _secure_round(plan, roster, layout, model, weights, parts, ids, round, rng_factory,
-                                      data.spec)
+                                      data.spec, device)
         else:
             updates = []
             for k in chosen_hospitals(round, per_round, hospitals):
                 _load(model, layout, weights)
                 images, labels = parts[k]
-                result = train_delta(model, layout, images, labels, data.spec, plan, cancel=cancel)
+                result = train_delta(model, layout, images, labels, data.spec, plan, cancel=cancel, device=device)
                 updates.append((ids[k], tensors_to_bytes(layout.unflatten(result.vector))))
             aggregate = PlainAggregation(layout, plan.threshold).finish_from(updates, images_of)
         for h in aggregate.included:
@@ -280,7 +286,7 @@ def _roster(plan, ids, images_of):
     return FederationRoster(plan.federation_id, "compare", entries)
 
 
-def _secure_round(plan, roster, layout, model, weights, parts, ids, round, rng_factory, spec):
+def _secure_round(plan, roster, layout, model, weights, parts, ids, round, rng_factory, spec, device):
     """Every hospital's noised clipped-gradient sum, summed by the real secure aggregation."""
     import numpy as np
 
@@ -292,7 +298,7 @@ def _secure_round(plan, roster, layout, model, weights, parts, ids, round, rng_f
     vectors = []
     for k, (images, labels) in enumerate(parts):
         _load(model, layout, weights)
-        result = fscdp_step(model, layout, images, labels, spec, plan, rng=rng_factory(ids[k], round))
+        result = fscdp_step(model, layout, images, labels, spec, plan, rng=rng_factory(ids[k], round), device=device)
         vectors.append(result.vector)
     params = secagg_params(plan, roster, round, 1, layout.length)
     result = run_round(params, vectors)

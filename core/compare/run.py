@@ -73,6 +73,7 @@ def run(config: CompareConfig, *, progress: ProgressFn = no_progress,
         cancel: CancelToken = NEVER_CANCELLED) -> CompareResult:
     """Run (or resume) the comparison; write results.json, figure.png and report.html in config.out."""
     from core.compare.report import write_report
+    from core.device import resolve_device
     from core.models.registry import MODEL_NAMES
 
     config.validate()
@@ -83,13 +84,14 @@ def run(config: CompareConfig, *, progress: ProgressFn = no_progress,
     out.mkdir(parents=True, exist_ok=True)
     if plan.threads:
         torch.set_num_threads(plan.threads)
+    device = resolve_device(plan.device)
     results = _open_results(out / "results.json", config)
     progress(0.0, "Preparing the images")
     data, described = _prepare(plan, results, progress=lambda f, m: progress(0.08 * f, m), cancel=cancel)
     results["data"] = described
     sizes = [len(h) for h in data.hospitals]
     union = sum(sizes)
-    work = _Work(plan, results, progress, cancel)
+    work = _Work(plan, results, progress, cancel, device)
     for mode in plan.modes:
         if mode not in results["lr_search"]:
             work.planned += len(LR_CANDIDATES[mode]) if plan.lr_search else 0
@@ -119,8 +121,10 @@ def run(config: CompareConfig, *, progress: ProgressFn = no_progress,
 class _Work:
     """Progress with time left, from the runs done and the runs planned (search candidates included)."""
 
-    def __init__(self, plan: CompareConfig, results: dict, progress: ProgressFn, cancel: CancelToken) -> None:
+    def __init__(self, plan: CompareConfig, results: dict, progress: ProgressFn, cancel: CancelToken,
+                 device: torch.device | str = "cpu") -> None:
         self.plan, self.results, self.progress, self.cancel = plan, results, progress, cancel
+        self.device = device
         self.planned, self.done = 0.0, 0.0
         self.started = time.monotonic()
 
@@ -132,7 +136,7 @@ class _Work:
             self.progress(0.08 + 0.9 * done / max(self.planned, 1e-9), f"{title}{_time_left(left)}")
 
         step(0.0)
-        outcome = run_mode(settings, data, seed, cancel=self.cancel, progress=step)
+        outcome = run_mode(settings, data, seed, cancel=self.cancel, progress=step, device=self.device)
         self.done += 1
         return outcome
 

@@ -36,12 +36,14 @@ import math
 import shutil
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.audit import AuditLog
 from core.config import atomic_write_bytes, storage_errors
+from core.device import DEFAULT_DEVICE, check_device_name
 from core.errors import (
     Cancelled,
     ConfigError,
@@ -100,6 +102,7 @@ class JoinConfig:
     labels_csv: Path | None = None
     accountant: str | None = None  # used only when the ledger has none yet; default the plan's
     threads: int | None = None
+    device: str = DEFAULT_DEVICE  # where the local work computes (core.device): auto, cpu or cuda
     poll_wait_s: float = 10.0  # long-poll length: also bounds how quickly cancel takes effect
     max_backoff_s: float = 30.0
     give_up_after_s: float | None = None  # None: keep retrying an unreachable coordinator until cancelled
@@ -177,7 +180,8 @@ def leave(invitation: Invitation, home: HospitalHome, reason: str = "",
 
 def _count_and_load(config: JoinConfig, plan: FederationPlan, cache: Path, progress: ProgressFn,
                     cancel: CancelToken):
-    from core.data import Preprocessing, load_tensors, validate
+    from core.data import Preprocessing, validate
+    from core.data.cache import load_images
     from core.data.validation import class_mismatch
 
     report = validate(Path(config.data), labels_csv=config.labels_csv, min_size=plan.image_size,
@@ -189,8 +193,8 @@ def _count_and_load(config: JoinConfig, plan: FederationPlan, cache: Path, progr
     if mismatch:  # the same rule the app's Federation page applies before joining
         raise DataError(f"{config.data}: {mismatch}")
     spec = Preprocessing(size=plan.image_size)
-    images, labels = load_tensors(samples, spec, cache_dir=cache,
-                                  progress=lambda f, m: progress(0.05 + 0.05 * f, m), cancel=cancel)
+    images, labels = load_images(samples, spec, cache_dir=cache,
+                                 progress=lambda f, m: progress(0.05 + 0.05 * f, m), cancel=cancel)
     return images, labels, spec
 
 
@@ -218,12 +222,17 @@ class _Participant:
         self.global_round = -1
         self.last_error = ""
         self.refused: set[tuple[int, int]] = set()  # reopened attempts this hospital refused
+        # FSCDP computes an attempt's step here while the main thread exchanges its round keys (hospital_round);
+        # one worker, so a dropped attempt's step finishes before the next attempt's starts on the same model.
+        self.compute_thread = ThreadPoolExecutor(max_workers=1,
+                                                 thread_name_prefix=f"{threading.current_thread().name}/compute")
 
     # -- set-up ---------------------------------------------------------------------------------
 
     def prepare(self) -> None:
         import torch
 
+        from core.device import resolve_device
         from core.federation.network import network_for
         from core.federation.session import CoordinatorSession
         from core.federation.weights import ParameterLayout
@@ -231,6 +240,8 @@ class _Participant:
         from core.signing import fingerprint, public_key_bytes
 
         plan = self.plan
+        self.device = resolve_device(self.config.device)  # before any work: cuda without a GPU stops here
+        log.info("local work computes on %s (device %s)", self.device, self.config.device)
         self.network = network_for(self.home, proxy=self.config.proxy, timeout_s=self.config.timeout_s)
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
@@ -258,7 +269,7 @@ class _Participant:
             max_backoff_s=self.config.max_backoff_s, give_up_after_s=self.config.give_up_after_s)
         self.session.bytes_sent = self.state.bytes_sent
         torch.manual_seed(plan.seed)  # the initial weights are public: every party builds the same model
-        self.model = build_model(plan.model, len(plan.classes))
+        self.model = build_model(plan.model, len(plan.classes)).to(self.device)
         self.layout = ParameterLayout(self.model)
 
     def _keep_present(self) -> None:
@@ -293,6 +304,7 @@ class _Participant:
             self.emit(ErrorEvent(message=message, fatal=False))
 
     def close(self) -> None:
+        self.compute_thread.shutdown(wait=True, cancel_futures=True)
         if getattr(self, "presence_stop", None) is not None:
             self.presence_stop.cancel()
         if getattr(self, "session", None) is not None:
@@ -446,6 +458,7 @@ class _Participant:
             self.emit(RoundStarted(round=round, rounds=self.plan.rounds))
             self.progress(0.1 + 0.9 * (round - 1) / self.plan.rounds, f"Round {round} of {self.plan.rounds}")
             self._ensure_global_model(view.model_round)
+            current.start_compute()
         if not view.participant or view.submitted:
             return
         assert step is not None  # the coordinator expects participants only in an open step
@@ -637,6 +650,7 @@ def run(
     invitation = read_invitation(Path(config.invitation))
     if config.max_epsilon is not None and (not math.isfinite(config.max_epsilon) or config.max_epsilon <= 0):
         raise ConfigError("--max-epsilon must be a positive number.")
+    check_device_name(config.device)
     # A full disk or a read-only home: one line (StorageError); every write is atomic or a transaction, and
     # a noised upload is charged before it is stored and stored before it is sent, so nothing is torn.
     with storage_errors(config.home or "this hospital's folder"):

@@ -37,7 +37,8 @@ class Evaluation:
     """The coordinator's own labelled held-out images, decoded once (in the evaluation process)."""
 
     def __init__(self, settings: CoordinatorSettings, plan: FederationPlan, cache_dir: Path) -> None:
-        from core.data import Preprocessing, load_tensors, validate
+        from core.data import Preprocessing, validate
+        from core.data.cache import load_images
         from core.inference.input_check import reference_statistics
 
         assert settings.eval_data is not None  # the coordinator evaluates only when eval_data is set
@@ -46,7 +47,7 @@ class Evaluation:
         if not samples:
             raise FederationError(f"The evaluation folder {settings.eval_data} has no usable labelled images.")
         self.spec = Preprocessing(size=plan.image_size)
-        self.images, self.labels = load_tensors(samples, self.spec, cache_dir=cache_dir)
+        self.images, self.labels = load_images(samples, self.spec, cache_dir=cache_dir)
         self.num_classes = len(plan.classes)
         self.classes = list(plan.classes)
         # Published in every evaluated card, so a hospital can tell how the test images look and whose they are.

@@ -5,21 +5,43 @@ parameters are exactly what the plan and the signed roster give, then makes the 
 ``share``, ``mask`` (compute, charge, mask, store, send), ``consistency`` and ``unmask`` follow. Without
 it, ``update`` charges, trains and sends the model delta. Every noised upload is charged to the ledger
 first, stored in the membership folder, then sent (``release``): after a crash the same bytes are resent.
+
+FSCDP's one DP step depends on the global model only, not on the round keys, so ``start_compute`` runs it
+on the participant's compute thread as the attempt opens, beside ``advertise`` and ``share`` (issue 14:
+those exchanges no longer add to the round). The noised sum stays in this process: ``mask`` charges the
+ledger, then masks and sends it; an attempt that ends before ``mask`` drops it unsent and uncharged.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 
 from core.errors import FederationError
 from core.federation.events import LocalStepDone, Uploaded
 from core.federation.protocol import RoundContext, Step
+from core.memory import release_free_memory
 
 
 class HospitalRound:
     def __init__(self, participant, ctx: RoundContext) -> None:
         self.p = participant
         self.ctx = ctx
+        self._computed: Future | None = None  # FSCDP: (LocalResult, seconds) from the compute thread
+
+    def start_compute(self) -> None:
+        """FSCDP: start this attempt's DP step now (see the module's docstring); other modes train in mask."""
+        if self.p.plan.mode == "fscdp" and self._computed is None:
+            self._computed = self.p.compute_thread.submit(self._fscdp_step)
+
+    def _fscdp_step(self):
+        from core.federation.local_work import fscdp_step
+
+        p = self.p
+        started = time.perf_counter()
+        p.load_global_into_model()
+        result = fscdp_step(p.model, p.layout, p.images, p.labels, p.spec, p.plan, device=p.device)
+        return result, time.perf_counter() - started
 
     def take(self, step: Step, view) -> None:
         {Step.UPDATE: self.update, Step.ADVERTISE: self.advertise, Step.SHARE: self.share, Step.MASK: self.mask,
@@ -43,6 +65,7 @@ class HospitalRound:
         p.state.rounds_uploaded[str(ctx.round)] = ctx.attempt
         self._send(step, body, what, ledger_key=key)
         p.emit(Uploaded(round=ctx.round, what=what, bytes=len(body), compute_s=compute_s))
+        release_free_memory()  # the round's batches and gradients are gone: give their pages back (core.memory)
 
     def _train_delta(self):
         from core.federation.local_work import train_delta
@@ -50,7 +73,7 @@ class HospitalRound:
         p, round = self.p, self.ctx.round
         return train_delta(p.model, p.layout, p.images, p.labels, p.spec, p.plan,
                            on_step=lambda step, loss: p.emit(LocalStepDone(round=round, step=step, loss=loss)),
-                           cancel=p.cancel)
+                           cancel=p.cancel, device=p.device)
 
     # -- the steps --------------------------------------------------------------------------------
 
@@ -87,21 +110,22 @@ class HospitalRound:
         self._send(Step.SHARE, message.to_bytes(), "secure aggregation: encrypted key shares for the other hospitals")
 
     def mask(self, view) -> None:
-        from core.federation.local_work import clip_l2, fscdp_step
+        from core.federation.local_work import clip_l2
         from core.secagg import ShareBundle
 
         p, ctx = self.p, self.ctx
         bundle = ShareBundle.from_bytes(self._answer(Step.SHARE))
-        p.load_global_into_model()
         if p.plan.mode == "fscdp":
-            started = time.perf_counter()
-            result = fscdp_step(p.model, p.layout, p.images, p.labels, p.spec, p.plan)
-            compute_s = time.perf_counter() - started
+            self.start_compute()  # normally started as the attempt opened
+            assert self._computed is not None
+            result, compute_s = self._computed.result()
+            self._computed = None
             p.emit(LocalStepDone(round=ctx.round, step=1, loss=result.loss))
             values = result.vector
             what = "masked, noised clipped-gradient sum (FSCDP)"
             key = p.charge(ctx.round, ctx.attempt)
         else:
+            p.load_global_into_model()
             key = p.charge(ctx.round, ctx.attempt)
             started = time.perf_counter()
             result = self._train_delta()

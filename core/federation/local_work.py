@@ -9,7 +9,9 @@ charges the ledger between computing and sending.
 - F: local SGD for E epochs; the model delta.
 
 Sampling, flips and noise come from a core.privacy.noise.DPRandom (AES-256-CTR keyed from
-os.urandom), never from a seeded torch or numpy generator (issue #10: those keep 32 bits).
+os.urandom), never from a seeded torch or numpy generator (issue #10: those keep 32 bits). They are drawn
+on the CPU whatever ``device`` the model computes on (core.device): only the normalised batch, the labels
+and the model move there, and FSCDP's clipped sum comes back to the CPU before its noise is added.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from core.data.preprocess import Preprocessing, normalize
+from core.data.store import ImageStore
 from core.federation.plan import FederationPlan
 from core.federation.weights import ParameterLayout
 from core.jobs import NEVER_CANCELLED, CancelToken
@@ -40,15 +43,17 @@ class LocalResult:
 def fscdp_step(
     model: nn.Module,
     layout: ParameterLayout,
-    images: torch.Tensor,
+    images: torch.Tensor | ImageStore,
     labels: torch.Tensor,
     spec: Preprocessing,
     plan: FederationPlan,
     *,
     rng: DPRandom | None = None,
+    device: torch.device | str = "cpu",
 ) -> LocalResult:
     """The hospital's noised clipped-gradient sum for one FSCDP round; sampling, flips and noise
-    all from ``rng`` (default: a fresh DPRandom; pass one only in tests)."""
+    all from ``rng`` (default: a fresh DPRandom; pass one only in tests), on the CPU. ``model`` must
+    already be on ``device``, where the gradients are computed."""
     from core.privacy.dpsgd import add_gaussian_noise, clipped_gradient_sum, poisson_sample
 
     rng = rng if rng is not None else DPRandom()
@@ -61,10 +66,11 @@ def fscdp_step(
         if bool(flip.any()):
             batch = batch.clone()
             batch[flip] = batch[flip].flip(-1)
-        x = normalize(batch, spec)
-        y = labels[indices]
+        x = normalize(batch, spec).to(device)
+        y = labels[indices].to(device)
         model.train()
         grads = clipped_gradient_sum(model, x, y, max_grad_norm=float(plan.max_grad_norm))
+        grads = {name: grad.cpu() for name, grad in grads.items()}  # noised on the CPU (no-op there)
         with torch.no_grad():
             model.eval()
             loss = float(nn.functional.cross_entropy(model(x), y))
@@ -79,17 +85,18 @@ def fscdp_step(
 def train_delta(
     model: nn.Module,
     layout: ParameterLayout,
-    images: torch.Tensor,
+    images: torch.Tensor | ImageStore,
     labels: torch.Tensor,
     spec: Preprocessing,
     plan: FederationPlan,
     *,
     on_step: Callable[[int, float], None] | None = None,
     cancel: CancelToken = NEVER_CANCELLED,
+    device: torch.device | str = "cpu",
 ) -> LocalResult:
-    """F / FPDP: train a copy of the global model locally and return (trained - global).
+    """F / FPDP: train a copy of the global model locally (on ``device``) and return (trained - global).
 
-    FPDP draws its batches, flips and noise from a fresh DPRandom (train_local's default)."""
+    FPDP draws its batches, flips and noise from a fresh DPRandom (train_local's default), on the CPU."""
     from core.training.loop import DPSettings, train_local
 
     before = layout.flatten(dict(model.named_parameters()))
@@ -100,7 +107,7 @@ def train_delta(
     assert plan.local_epochs is not None and plan.batch_size is not None  # validate(): F and FPDP set both
     stats = train_local(
         model, images, labels, spec, epochs=int(plan.local_epochs), batch_size=int(plan.batch_size), lr=plan.lr,
-        momentum=plan.momentum, dp=dp, on_step=on_step, cancel=cancel,
+        momentum=plan.momentum, dp=dp, on_step=on_step, cancel=cancel, device=device,
     )
     after = layout.flatten(dict(model.named_parameters()))
     return LocalResult(vector=after - before, loss=stats.mean_loss, batch_size=int(plan.batch_size),

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from core.device import DEFAULT_DEVICE, check_device_name, device_name
 from core.errors import ConfigError, FederationError
 from core.jobs import NEVER_CANCELLED, CancelToken, ProgressFn, no_progress
 
@@ -77,6 +78,7 @@ class SimulationConfig:
     max_epsilon: float = 1000.0
     eval_every: int | None = None
     threads_per_process: int = 1
+    device: str = DEFAULT_DEVICE  # every hospital's local work (core.device); the coordinator stays on the CPU
     timeout_s: float = 3600.0
 
 
@@ -175,7 +177,8 @@ class HospitalProcess:
     """
 
     def __init__(self, number: int, invitation: Path, data: Path, home: Path, log: Path, *,
-                 max_epsilon: float, threads: int = 1, extra_env: dict[str, str] | None = None):
+                 max_epsilon: float, threads: int = 1, device: str = DEFAULT_DEVICE,
+                 extra_env: dict[str, str] | None = None):
         self.number = number
         self.invitation = invitation
         self.data = data
@@ -183,6 +186,7 @@ class HospitalProcess:
         self.log_path = log
         self.max_epsilon = max_epsilon
         self.threads = threads
+        self.device = device
         self.extra_env = extra_env or {}
         self.events: list[dict] = []
         self.process: subprocess.Popen | None = None
@@ -195,7 +199,7 @@ class HospitalProcess:
     def start(self) -> None:
         argv = [sys.executable, "-m", "core.cli", "join", str(self.invitation), "--data", str(self.data),
                 "--home", str(self.home), "--max-epsilon", str(self.max_epsilon), "--accept-roster", "any",
-                "--events-jsonl", "--threads", str(self.threads)]
+                "--events-jsonl", "--threads", str(self.threads), "--device", self.device]
         self.started = self.started or time.monotonic()
         self.ended = None
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -311,6 +315,9 @@ def run(config: SimulationConfig, *, progress: ProgressFn = no_progress,
     for hospital, _ in config.drops:
         if hospital > config.hospitals:
             raise ConfigError(f"--drop {hospital}@...: there are only {config.hospitals} hospitals.")
+    # cuda without a GPU: refused here rather than by every hospital's process (auto needs no torch here).
+    if check_device_name(config.device) == "cuda":
+        device_name(config.device)
     started = time.monotonic()
     temporary = config.workdir is None
     root = Path(config.workdir) if config.workdir is not None else Path(tempfile.mkdtemp(prefix="dopamine-sim-"))
@@ -371,7 +378,8 @@ def _run(config: SimulationConfig, root: Path, temporary: bool, started: float, 
         for number, invitation in enumerate(sorted(init.invitations), start=1):
             hospital = HospitalProcess(number, invitation, data / f"hospital_{number:02d}",
                                        root / "hospitals" / f"hospital_{number:02d}", logs / f"hospital_{number:02d}.err",
-                                       max_epsilon=config.max_epsilon, threads=config.threads_per_process)
+                                       max_epsilon=config.max_epsilon, threads=config.threads_per_process,
+                                       device=config.device)
             hospital.on_event = on_event
             hospitals.append(hospital)
             hospital.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.device import DEFAULT_DEVICE, check_device_name
 from core.errors import ConfigError
 
 MODES = ("c", "cdp")
@@ -40,7 +41,7 @@ class TrainConfig:
     # Sets the ledger's cap when it has none yet; otherwise a limit on this run that never raises the cap.
     max_epsilon: float | None = None
     threads: int | None = None
-    device: str = "cpu"
+    device: str = DEFAULT_DEVICE  # core.device: auto, cpu or cuda
     initial_weights: Path | None = None
     description: str = ""
     schema_version: int = 2  # 2: `home` replaced `ledger`
@@ -65,8 +66,7 @@ class TrainConfig:
             raise ConfigError("The image size must be at least 16 pixels.")
         if self.accountant not in ("rdp", "prv"):
             raise ConfigError("The accountant must be 'rdp' or 'prv'.")
-        if self.device not in ("cpu", "cuda", "auto"):
-            raise ConfigError("The device must be 'cpu', 'cuda' or 'auto'.")
+        check_device_name(self.device)
         if self.mode == "cdp":
             if (self.noise_multiplier is None) == (self.target_epsilon is None):
                 raise ConfigError("For DP training give exactly one of a noise multiplier or a target epsilon.")

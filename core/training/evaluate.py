@@ -27,12 +27,12 @@ def run(config: EvaluateConfig, *, progress: ProgressFn = no_progress,
         cancel: CancelToken = NEVER_CANCELLED) -> dict:
     """Metrics of the model on every usable labelled image; classes are matched by name."""
     from core.data import Preprocessing, load_tensors, validate
+    from core.device import resolve_device
     from core.home import HospitalHome
     from core.models.package import load_model, read_package
     from core.models.trust import TrustStore, ensure_trusted, signer_status
     from core.training.loop import evaluate_model
     from core.training.metrics import majority_baseline
-    from core.training.trainer import resolve_device
 
     package = read_package(config.model, require_signature=config.require_trusted or not config.allow_unverified)
     signer = signer_status(package, TrustStore(HospitalHome.at(config.home)))

@@ -1,7 +1,8 @@
 """The training loop shared by local training (modes C, CDP) and federated local work (F, FPDP).
 
-Images arrive as preprocessed uint8 tensors (core.data.cache.load_tensors) and are normalised per
-batch with the same function inference uses, so epochs after the first are bound by compute.
+Images arrive preprocessed as uint8: a tensor, or an ImageStore (core.data.cache.load_images) that a
+large collection is read from a batch at a time. They are normalised per batch with the same function
+inference uses, so epochs after the first are bound by compute.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from core.data.preprocess import Preprocessing, normalize
+from core.data.store import ImageStore
 from core.jobs import NEVER_CANCELLED, CancelToken
 from core.privacy.noise import DPRandom
 from core.training.metrics import compute_metrics
@@ -67,7 +69,7 @@ def _augment(images: torch.Tensor, flips: torch.Generator | DPRandom) -> torch.T
 
 def train_local(
     model: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | ImageStore,
     labels: torch.Tensor,
     spec: Preprocessing,
     *,
@@ -117,8 +119,9 @@ def train_local(
         optim = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
     # With dp this loader only fixes the dataset and the batches per pass: make_private replaces
     # its sampling with Poisson sampling from the DPRandom.
+    dataset = images.dataset(labels) if isinstance(images, ImageStore) else TensorDataset(images, labels)
     loader = DataLoader(
-        TensorDataset(images, labels), batch_size=batch_size, shuffle=dp is None,
+        dataset, batch_size=batch_size, shuffle=dp is None,
         generator=flips if dp is None else None,
     )
     per_epoch = len(loader)
@@ -180,7 +183,7 @@ def train_local(
 @torch.no_grad()
 def predict_logits(
     model: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | ImageStore,
     spec: Preprocessing,
     *,
     batch_size: int = 64,
@@ -196,7 +199,7 @@ def predict_logits(
 
 def evaluate_model(
     model: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | ImageStore,
     labels: torch.Tensor,
     spec: Preprocessing,
     *,

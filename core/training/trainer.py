@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core import __version__
-from core.errors import ConfigError, DataError
+from core.device import resolve_device
+from core.errors import DataError
 from core.jobs import NEVER_CANCELLED, CancelToken, ProgressFn, no_progress
 from core.training.config import TrainConfig, plan_run, resolve_delta
 
@@ -69,16 +70,6 @@ class TrainResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def resolve_device(name: str):
-    import torch
-
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("CUDA was chosen but no CUDA GPU is available; choose 'cpu' or 'auto'.")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def _open_ledger(config: TrainConfig, home: HospitalHome, num_train: int, run_id: str):
@@ -191,7 +182,8 @@ def _run(config, home, run_id, run_dir, progress, cancel, on_epoch) -> TrainResu
 def _train(config, home, run_id, run_dir, progress, cancel, on_epoch, closing: ExitStack) -> TrainResult:
     import torch
 
-    from core.data import Preprocessing, load_tensors, stratified_split, validate
+    from core.data import Preprocessing, stratified_split, validate
+    from core.data.cache import load_images
     from core.inference.assessment import held_out_evaluation
     from core.inference.input_check import reference_statistics
     from core.models.package import ModelCard, write_package
@@ -204,6 +196,7 @@ def _train(config, home, run_id, run_dir, progress, cancel, on_epoch, closing: E
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
+    log.info("computing on %s (--device %s)", device, config.device)
 
     progress(0.0, "Checking the images")
     report = validate(config.data, labels_csv=config.labels_csv, min_size=config.image_size,
@@ -226,10 +219,10 @@ def _train(config, home, run_id, run_dir, progress, cancel, on_epoch, closing: E
     spec = Preprocessing(size=config.image_size, fundus_crop=config.fundus_crop,
                          local_contrast=config.local_contrast)
     progress(0.05, "Preparing images (decoded once, then cached)")
-    x_train, y_train = load_tensors(train_samples, spec, cache_dir=home.image_cache,
-                                    progress=lambda f, m: progress(0.05 + 0.07 * f, m), cancel=cancel)
-    x_val, y_val = load_tensors(val_samples, spec, cache_dir=home.image_cache,
-                                progress=lambda f, m: progress(0.12 + 0.03 * f, m), cancel=cancel)
+    x_train, y_train = load_images(train_samples, spec, cache_dir=home.image_cache,
+                                   progress=lambda f, m: progress(0.05 + 0.07 * f, m), cancel=cancel)
+    x_val, y_val = load_images(val_samples, spec, cache_dir=home.image_cache,
+                               progress=lambda f, m: progress(0.12 + 0.03 * f, m), cancel=cancel)
 
     dp = None
     ledger = None

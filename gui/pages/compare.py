@@ -149,7 +149,8 @@ class ComparePage(Page):
         config = {"data": str(data) if data is not None else None, "hospitals": self.hospitals.value(),
                   "split": self.split.currentData(), "seeds": self.seeds.value(), "modes": modes,
                   "target_epsilon": self.target_epsilon.value() if self.equal_epsilon.isChecked() else None,
-                  "quick": self.quick.isChecked(), "delta": 1e-4, "accountant": self.context.settings.accountant}
+                  "quick": self.quick.isChecked(), "delta": 1e-4, "accountant": self.context.settings.accountant,
+                  "device": self.context.settings.device}
         return config
 
     def start(self) -> None:

@@ -1,4 +1,5 @@
-"""Settings: the hospital home and its image cache, CPU threads, default accountant and theme, and the HTTPS
+"""Settings: the hospital home and its image cache, CPU threads, the compute device (Auto, CPU, CUDA), default
+accountant and theme, and the HTTPS
 proxy the hospital reaches its coordinators through (kept in the home's network.toml, which `dopamine join`
 and `leave` read too). Saved as soon as they change."""
 
@@ -19,6 +20,7 @@ from gui.widgets.path_picker import PathPicker
 
 THEME_NAMES = {"light": "Light", "dark": "Dark"}
 ACCOUNTANT_NAMES = {"rdp": "RDP (Rényi DP, standard)", "prv": "PRV (tighter, slower)"}
+DEVICE_NAMES = {"auto": "Auto (a CUDA GPU when there is one)", "cpu": "CPU", "cuda": "CUDA GPU"}
 
 
 class SettingsPage(Page):
@@ -49,21 +51,30 @@ class SettingsPage(Page):
         self.cpu_threads = QSpinBox()
         self.cpu_threads.setRange(1, max(1, os.cpu_count() or 1))
         self.cpu_threads.setSuffix(f" of {os.cpu_count() or 1} CPU threads")
+        self.device = QComboBox()
+        for key, text in DEVICE_NAMES.items():
+            self.device.addItem(text, key)
+        self.device_in_use = label("", "muted", selectable=True)
+        self.device_in_use.setObjectName("deviceInUse")
         self.accountant = QComboBox()
         for key, text in ACCOUNTANT_NAMES.items():
             self.accountant.addItem(text, key)
         self.theme = QComboBox()
         for key, text in THEME_NAMES.items():
             self.theme.addItem(text, key)
-        for widget in (self.cpu_threads, self.accountant, self.theme):
+        for widget in (self.cpu_threads, self.device, self.accountant, self.theme):
             widget.setMaximumWidth(360)
         cform.addRow("Training uses", self.cpu_threads)
+        cform.addRow("Compute on", self.device)
+        cform.addRow("In use", self.device_in_use)
         cform.addRow("Privacy accountant", self.accountant)
         cform.addRow("Theme", self.theme)
         computing.body.addLayout(cform)
         computing.body.addWidget(label(
-            "Leave one thread free to keep the computer responsive. The accountant turns noise and "
-            "steps into ε; the one used is recorded with every number.", "muted"))
+            "Leave one thread free to keep the computer responsive. Training, federations and comparisons "
+            "compute on the device chosen; the privacy noise is drawn on the CPU either way, so the choice "
+            "changes speed, not privacy. The accountant turns noise and steps into ε; the one used is "
+            "recorded with every number.", "muted"))
         self.body.addWidget(computing)
 
         network = Card("Network")
@@ -99,6 +110,7 @@ class SettingsPage(Page):
         self.data_folder.field.editingFinished.connect(self.apply)
         self.work_folder.field.editingFinished.connect(self.apply)
         self.cpu_threads.valueChanged.connect(self.apply)
+        self.device.currentIndexChanged.connect(self.apply)
         self.accountant.currentIndexChanged.connect(self.apply)
         self.theme.currentIndexChanged.connect(self.apply)
         self.proxy.editingFinished.connect(self.apply_proxy)
@@ -110,12 +122,27 @@ class SettingsPage(Page):
             self.data_folder.set_path(settings.data_folder)
             self.work_folder.set_path(settings.work_folder)
             self.cpu_threads.setValue(int(settings.cpu_threads))
+            self.device.setCurrentIndex(max(0, self.device.findData(settings.device)))
             self.accountant.setCurrentIndex(max(0, self.accountant.findData(settings.accountant)))
             self.theme.setCurrentIndex(max(0, self.theme.findData(settings.theme)))
         finally:
             self._loading = False
         self._load_proxy()
         self._show_locations()
+
+    def on_shown(self) -> None:
+        super().on_shown()
+        self.show_device_in_use()
+
+    def show_device_in_use(self) -> None:
+        """What the chosen device is on this computer, e.g. "CPU (no CUDA GPU found)": found on a worker, as it
+        imports torch (so only once the page is shown, never at start-up)."""
+        from core.device import describe_device
+
+        self.device_in_use.setText("Looking for a CUDA GPU…")
+        self.context.runner.start(describe_device, self.device.currentData(), name="find compute device",
+                                  on_done=self.device_in_use.setText,
+                                  on_error=lambda exc: self.device_in_use.setText(str(exc)))
 
     def _load_proxy(self) -> None:
         from core.errors import ConfigError
@@ -164,10 +191,11 @@ class SettingsPage(Page):
         if self._loading:
             return
         settings = self.context.settings
-        old_theme, old_work = settings.theme, settings.work_folder
+        old_theme, old_work, old_device = settings.theme, settings.work_folder, settings.device
         settings.data_folder = self.data_folder.path() or AppSettings().data_folder
         settings.work_folder = self.work_folder.path() or AppSettings().work_folder
         settings.cpu_threads = self.cpu_threads.value()
+        settings.device = self.device.currentData()
         settings.accountant = self.accountant.currentData()
         settings.theme = self.theme.currentData()
         try:
@@ -181,6 +209,8 @@ class SettingsPage(Page):
             self.context.ledger_changed.emit()
             self.context.models_changed.emit()
             self._load_proxy()  # the proxy belongs to the home
+        if settings.device != old_device:
+            self.show_device_in_use()
         self._show_locations()
 
     def restore_defaults(self) -> None:

@@ -238,7 +238,7 @@ class TrainPage(Page):
             target_epsilon=self.target_epsilon.value() if private and self.by_epsilon.isChecked() else None,
             max_grad_norm=self.max_grad_norm.value(), delta=parse_delta(self.delta.text()) if private else None,
             accountant=self.accountant.currentData(), home=self.context.home.root,
-            threads=self.context.settings.cpu_threads,
+            threads=self.context.settings.cpu_threads, device=self.context.settings.device,
         )
         config.validate()
         return config

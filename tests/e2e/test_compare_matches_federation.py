@@ -44,7 +44,9 @@ def federation_model(tmp_path, data, https_server, monkeypatch) -> dict[str, tor
     rounds_seen = defaultdict(int)
 
     def keyed_step(*args, rng=None, **kwargs):
-        hospital = threading.current_thread().name  # the harness names each hospital's thread
+        # The harness names each hospital's thread; its DP step runs on that hospital's compute thread,
+        # named "<hospital's thread>/compute_0" (core.federation.client).
+        hospital = threading.current_thread().name.split("/")[0]
         rounds_seen[hospital] += 1
         return real_step(*args, rng=DPRandom(key(hospital, rounds_seen[hospital])), **kwargs)
 

@@ -165,3 +165,60 @@ def test_the_https_proxy_is_kept_in_the_hospital_home(window, tmp_path, monkeypa
     assert load_network_settings(home).proxy == "http://proxy.hospital.example:3128"  # the refused one not kept
     page.work_folder.set_path(tmp_path / "home-b", emit=True)  # another home: its own (no) proxy
     assert page.proxy.text() == ""
+
+
+def test_the_compute_device_is_kept_shown_and_handed_to_every_job(qtbot, tmp_path, monkeypatch):
+    """Settings' Device (Auto, CPU, CUDA) survives a restart, says what it computes on here (this computer
+    has no CUDA GPU), and goes with the training, federation and comparison jobs to their child processes."""
+    import torch
+
+    from gui import child_jobs
+    from gui.federation_jobs import join
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    app = application([])
+    first = create_window(app)
+    qtbot.addWidget(first)
+    first.show()
+    assert first.context.settings.device == "auto"
+    page = first.show_page("settings")
+    qtbot.waitUntil(lambda: page.device_in_use.text() == "CPU (no CUDA GPU found)", timeout=20000)
+    page.device.setCurrentIndex(page.device.findData("cuda"))
+    qtbot.waitUntil(lambda: "no CUDA GPU was found; choose Auto or CPU" in page.device_in_use.text(), timeout=20000)
+    page.device.setCurrentIndex(page.device.findData("cpu"))
+    qtbot.waitUntil(lambda: page.device_in_use.text() == "CPU (chosen)", timeout=20000)
+    first.close()
+
+    second = create_window(app)
+    qtbot.addWidget(second)
+    assert second.context.settings.device == "cpu"
+    assert second.pages["settings"].device.currentData() == "cpu"
+    assert load_settings()[0].device == "cpu"
+
+    train = second.show_page("train")
+    train.data_picker.set_path(tmp_path)
+    assert train.config().device == "cpu"
+    compare = second.show_page("compare")
+    assert compare.settings()["device"] == "cpu"
+    sent = []
+    monkeypatch.setattr(child_jobs, "run_child", lambda job, args, **kwargs: sent.append((job, args)))
+    review = type("Review", (), {"path": tmp_path / "invitation.json", "accountant": "rdp"})()
+    join(review, data=tmp_path, home=tmp_path, threads=1, accept_roster=None, progress=None, cancel=None,
+         on_event=None, device=second.context.settings.device)
+    assert sent[0][0] == "join" and sent[0][1]["config"]["device"] == "cpu"
+    from core.federation.client import JoinConfig
+
+    assert JoinConfig(**{**sent[0][1]["config"], "invitation": Path("i")}).device == "cpu"  # what the child builds
+
+    page = second.pages["settings"]
+    page.restore_defaults()
+    assert second.context.settings.device == "auto" and page.device.currentData() == "auto"
+
+
+def test_an_unknown_device_in_the_settings_file_is_refused():
+    try:
+        save_settings(AppSettings(device="tpu"))
+    except Exception as exc:  # noqa: BLE001
+        assert "Device" in str(exc) and "Settings" in str(exc)
+    else:
+        raise AssertionError("an unknown device was saved")
