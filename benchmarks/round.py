@@ -7,7 +7,12 @@ coordinator's peak memory against the number of hospitals.
    `compute_s`, from the hospitals' events). Round 1 is a warm-up and not counted. Goal: <= 1.3.
 2. Memory: the coordinator process's peak RSS (VmHWM) for K simulated hospitals (the real client
    code, one thread each in this process), FSCDP with secure aggregation on SqueezeNet 1.1
-   (725,061 parameters: 2.9 MB per masked upload). Goal: flat in K (streaming aggregation).
+   (725,061 parameters: 2.9 MB per masked upload), K = 3, 10, 30, 100. Goals (issue 14): at most 300 MB
+   at K = 30, and at most base + 0.2 x (K x update size) at K = 100, base being the serving process
+   before anyone enrolled (masked inputs are summed as they arrive, not kept).
+3. Scale: round time for K = 30 and 100 hospitals with the small model (small_cnn, 32 px), simulated the
+   same way (one thread each: K processes of 235 MB do not fit on this machine), so the hospitals' compute
+   shares one interpreter and only the round time and the coordinator's memory are reported.
 
 All numbers of one run come from the same machine; compare the ratios, not absolute times.
 
@@ -110,8 +115,8 @@ def _peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-def coordinator_memory(root: Path, *, hospitals: int, model: str, image_size: int, rounds: int) -> dict:
-    """Peak RSS of a coordinator process serving ``hospitals`` simulated hospitals (threads here)."""
+def threaded_federation(root: Path, *, hospitals: int, model: str, image_size: int, rounds: int) -> dict:
+    """A coordinator process serving ``hospitals`` simulated hospitals (threads here): its RSS and round times."""
     from core.federation import client
 
     data = _data(root, 1, 8, image_size * 3 // 2) / "hospital_01"  # every simulated hospital reads it
@@ -148,11 +153,33 @@ def coordinator_memory(root: Path, *, hospitals: int, model: str, image_size: in
         raise RuntimeError(f"simulated hospital failed: {errors[0]}")
     from core.federation.status import read_status
 
-    status = read_status(paths.root)
+    status = read_status(paths.root, last_rounds=10**6)
     if status["status"] != "finished":
         raise RuntimeError(f"memory federation ended {status['status']}: {status['stop_reason']}")
-    return {"hospitals": hospitals, "model": model, "rounds": rounds, "coordinator_idle_rss_mb": idle_mb,
-            "coordinator_peak_rss_mb": peak_mb, "wall_s": round(time.perf_counter() - started, 2)}
+    seconds = [r["seconds"] for r in status["last_rounds"]]
+    update_mb = 4 * _parameters(model) / 1e6  # one masked upload: 4 bytes per parameter
+    bound = memory_goal_mb(hospitals, idle_mb, update_mb)
+    return {"hospitals": hospitals, "model": model, "image_size": image_size, "rounds": rounds,
+            "round_s": seconds, "median_round_s": statistics.median(seconds[1:] or seconds),
+            "coordinator_idle_rss_mb": idle_mb, "coordinator_peak_rss_mb": peak_mb, "update_mb": round(update_mb, 2),
+            "goal_rss_mb": round(bound, 1) if bound is not None else None,
+            "within_goal": peak_mb <= bound if peak_mb is not None and bound is not None else None,
+            "wall_s": round(time.perf_counter() - started, 2)}
+
+
+def memory_goal_mb(hospitals: int, idle_mb: float | None, update_mb: float) -> float | None:
+    """Issue 14's goals: at most 300 MB at K = 30; at K = 100, the serving RSS + 0.2 x K x update size."""
+    if hospitals == 30:
+        return 300.0
+    if hospitals == 100 and idle_mb is not None:
+        return idle_mb + 0.2 * hospitals * update_mb
+    return None
+
+
+def _parameters(model: str) -> int:
+    from core.models.registry import build_model
+
+    return sum(p.numel() for p in build_model(model, 5).parameters())
 
 
 def markdown(result: dict) -> str:
@@ -160,9 +187,11 @@ def markdown(result: dict) -> str:
     for r in result["round_time"]:
         lines.append(f"| {r['mode']} | {r['hospitals']} | {r['median_round_s']:.3f} | {r['median_slowest_compute_s']:.3f} "
                      f"| {r['median_ratio']:.2f} |")
-    lines += ["", "| K simulated hospitals | model | coordinator peak RSS (MB) |", "|---|---|---|"]
-    for m in result["memory"]:
-        lines.append(f"| {m['hospitals']} | {m['model']} | {m['coordinator_peak_rss_mb']} |")
+    lines += ["", "| K simulated hospitals | model | coordinator idle / peak RSS (MB) | goal (MB) | median round (s) |",
+              "|---|---|---|---|---|"]
+    for m in result["memory"] + result.get("scale", []):
+        lines.append(f"| {m['hospitals']} | {m['model']} | {m['coordinator_idle_rss_mb']} / {m['coordinator_peak_rss_mb']} "
+                     f"| {m['goal_rss_mb']} | {m['median_round_s']:.2f} |")
     return "\n".join(lines)
 
 
@@ -178,17 +207,21 @@ def main(argv: list[str] | None = None) -> int:
         runs = [("f", 3)]
         round_settings = dict(rounds=2, per_hospital=16, image_size=32)
         memory_ks, memory_model, memory_size = [2, 4], "small_cnn", 32
+        scale_ks: list[int] = []
     else:
         runs = [("f", 3), ("f", 10), ("fscdp", 3), ("fscdp", 10)]
-        round_settings = dict(rounds=4, per_hospital=100, image_size=64)
-        memory_ks, memory_model, memory_size = [3, 10, 30], "squeezenet1_1", 32
+        round_settings = dict(rounds=6, per_hospital=100, image_size=64)
+        memory_ks, memory_model, memory_size = [3, 10, 30, 100], "squeezenet1_1", 32
+        scale_ks = [30, 100]
     result = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None},
         "quick": args.quick,
         "round_time": [round_times(root, mode=mode, hospitals=k, **round_settings) for mode, k in runs],
-        "memory": [coordinator_memory(root, hospitals=k, model=memory_model, image_size=memory_size, rounds=2)
+        "memory": [threaded_federation(root, hospitals=k, model=memory_model, image_size=memory_size, rounds=2)
                    for k in memory_ks],
+        "scale": [threaded_federation(root, hospitals=k, model="small_cnn", image_size=32, rounds=4)
+                  for k in scale_ks],
     }
     peaks = [m["coordinator_peak_rss_mb"] for m in result["memory"] if m["coordinator_peak_rss_mb"]]
     result["memory_growth"] = round(max(peaks) / min(peaks), 3) if peaks else None
