@@ -270,6 +270,13 @@ def noise_only_step(optimizer: DPOptimizer) -> None:
     optimizer.step()
 
 
+CLIPPED_SUM_CHUNK = 16
+"""Examples per forward/backward in clipped_gradient_sum. Issue 14, 2 cores, median of 7: 16 is as fast as 32
+or faster (small_cnn 64 px, 60 images: 77 against 87-93 ms; squeezenet1_1 224 px, 48 images: 944 against
+1048 ms; 128 px: 371 against 364 ms) and holds half the activations and per-example gradients (a step's
+peak: +87 against +140 MB for small_cnn at 64 px, +477 against +823 MB for squeezenet1_1 at 224 px)."""
+
+
 def clipped_gradient_sum(
     model: nn.Module,
     x: torch.Tensor,
@@ -278,7 +285,7 @@ def clipped_gradient_sum(
     max_grad_norm: float,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE,
-    chunk_size: int = 32,
+    chunk_size: int = CLIPPED_SUM_CHUNK,
 ) -> dict[str, torch.Tensor]:
     """Sum over examples of each example's gradient clipped to L2 norm <= ``max_grad_norm``.
 
