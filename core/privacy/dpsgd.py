@@ -270,11 +270,13 @@ def noise_only_step(optimizer: DPOptimizer) -> None:
     optimizer.step()
 
 
-CLIPPED_SUM_CHUNK = 16
-"""Examples per forward/backward in clipped_gradient_sum. Issue 14, 2 cores, median of 7: 16 is as fast as 32
-or faster (small_cnn 64 px, 60 images: 77 against 87-93 ms; squeezenet1_1 224 px, 48 images: 944 against
-1048 ms; 128 px: 371 against 364 ms) and holds half the activations and per-example gradients (a step's
-peak: +87 against +140 MB for small_cnn at 64 px, +477 against +823 MB for squeezenet1_1 at 224 px)."""
+DP_PHYSICAL_BATCH = 16
+"""Examples per forward/backward pass in a DP-SGD step: clipped_gradient_sum (FSCDP) and the local training
+loop (core.training.loop) take a larger Poisson batch in parts of this size, summing the parts' clipped
+gradients and noising the sum once. Issue 14, 2 cores, median of 7: 16 is as fast as 32 or faster
+(small_cnn 64 px, 60 images: 77 against 87-93 ms; squeezenet1_1 224 px, 48 images: 944 against 1048 ms;
+128 px: 371 against 364 ms) and holds half the activations and per-example gradients (a step's peak: +87
+against +140 MB for small_cnn at 64 px, +477 against +823 MB for squeezenet1_1 at 224 px)."""
 
 
 def clipped_gradient_sum(
@@ -285,7 +287,7 @@ def clipped_gradient_sum(
     max_grad_norm: float,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     grad_sample_mode: str = DEFAULT_GRAD_SAMPLE_MODE,
-    chunk_size: int = CLIPPED_SUM_CHUNK,
+    chunk_size: int = DP_PHYSICAL_BATCH,
 ) -> dict[str, torch.Tensor]:
     """Sum over examples of each example's gradient clipped to L2 norm <= ``max_grad_norm``.
 

@@ -67,6 +67,27 @@ def _augment(images: torch.Tensor, flips: torch.Generator | DPRandom) -> torch.T
     return images
 
 
+def _dp_step_in_parts(forward, optim, criterion, images: torch.Tensor, labels: torch.Tensor, spec: Preprocessing,
+                      device: torch.device | str, part: int) -> float:
+    """One DP-SGD step over ``images`` taken ``part`` at a time (core.privacy.dpsgd.DP_PHYSICAL_BATCH: the
+    activations and per-example gradients of one part are alive at a time). The parts' clipped gradients
+    are summed and noised once, as one step (Opacus's skipped steps): the release and its accounting are
+    those of the whole batch. Returns the batch's mean loss."""
+    total, count = 0.0, images.shape[0]
+    for start in range(0, count, part):
+        last = start + part >= count
+        optim.signal_skip_step(do_skip=not last)  # clip and add up this part; noise and step after the last
+        x = normalize(images[start:start + part], spec).to(device)
+        y = labels[start:start + part].to(device)
+        loss = criterion(forward(x), y)
+        loss.backward()
+        optim.step()
+        total += float(loss.detach()) * x.shape[0]
+        if not last:
+            optim.zero_grad(set_to_none=True)  # drops this part's per-example gradients, keeps the running sum
+    return total / count
+
+
 def train_local(
     model: nn.Module,
     images: torch.Tensor | ImageStore,
@@ -129,6 +150,7 @@ def train_local(
     sample_rate = 1.0 / per_epoch
     wrapped: AbstractGradSampleModule | None = None
     if dp is not None:
+        from core.privacy import dpsgd
         from core.privacy.dpsgd import make_private, noise_only_step
 
         assert isinstance(flips, DPRandom)  # with dp, flips is the run's DPRandom
@@ -160,12 +182,17 @@ def train_local(
                     if on_step is not None:
                         on_step(step, float("nan"))
                     continue
-                x = normalize(_augment(batch_images, flips), spec).to(device)
-                y = batch_labels.to(device)
-                loss = criterion(forward(x), y)
-                loss.backward()
-                optim.step()
-                losses.append(float(loss.detach()))
+                batch_images = _augment(batch_images, flips)  # one draw per logical batch, split or not
+                if dp is not None and batch_images.shape[0] > dpsgd.DP_PHYSICAL_BATCH:
+                    losses.append(_dp_step_in_parts(forward, optim, criterion, batch_images, batch_labels, spec,
+                                                    device, dpsgd.DP_PHYSICAL_BATCH))
+                else:
+                    x = normalize(batch_images, spec).to(device)
+                    y = batch_labels.to(device)
+                    loss = criterion(forward(x), y)
+                    loss.backward()
+                    optim.step()
+                    losses.append(float(loss.detach()))
                 if on_step is not None:
                     on_step(step, losses[-1])
             if after_epoch is not None:
