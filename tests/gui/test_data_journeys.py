@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from PySide6.QtWidgets import QApplication
+
 from gui.context import ExpectedImages
 
 
@@ -12,6 +14,9 @@ def _check(window, qtbot, path: Path):
     page = window.show_page("data")
     page.check(path)
     qtbot.waitUntil(lambda: page._job is not None and not page._job.running, timeout=30000)
+    # The job marks itself not running in the first slot of its `finished`; qtbot's wait may look before the
+    # page's own slots (progress bar, Check button) ran. They were all queued at the emit: deliver them.
+    QApplication.processEvents()
     return page
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtWidgets import QMessageBox
+from PySide6.QtWidgets import QApplication, QMessageBox
 
 
 def _check(window, qtbot, path: Path):
     page = window.show_page("data")
     page.check(path)
     qtbot.waitUntil(lambda: page._job is not None and not page._job.running, timeout=30000)
+    # The job marks itself not running in the first slot of its `finished`; qtbot's wait may look before the
+    # page's own slots (progress bar, Check button) ran. They were all queued at the emit: deliver them.
+    QApplication.processEvents()
     return page
 
 
@@ -54,9 +57,11 @@ def test_the_check_can_be_cancelled(window, qtbot, tmp_path, make_image_folder):
     big = make_image_folder(tmp_path / "big", per_class=150, size=64)
     page = window.show_page("data")
     page.check(big)
-    page.progress.cancel()
-    qtbot.waitUntil(lambda: not page._job.running, timeout=30000)
-    assert page._job.was_cancelled  # cancelled before the first of 300 files was read
+    # Wait for the job's `finished` to reach a slot connected after the page's and the progress bar's, so that
+    # all of theirs have run (waiting for `running` alone could look between two of them).
+    with qtbot.waitSignal(page._job.finished, timeout=30000):
+        page.progress.cancel()
+    assert not page._job.running and page._job.was_cancelled  # cancelled before the first of 300 files was read
     assert "cancelled" in page.summary.text().lower() and not page.progress.isVisible()
     assert page.report is None and window.context.settings.dataset is None
 

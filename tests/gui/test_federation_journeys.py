@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from PySide6.QtWidgets import QApplication
 
 from core.federation.events import BudgetCharged, Finished, ModelReceived, RoundStarted
 from core.federation.layout import InitConfig, init_federation
@@ -36,6 +37,9 @@ def _check_images(window, qtbot, folder: Path) -> None:
     page = window.show_page("data")
     page.check(folder)
     qtbot.waitUntil(lambda: page._job is not None and not page._job.running, timeout=30000)
+    # The job marks itself not running in the first slot of its `finished`; qtbot's wait may look before the
+    # page's own slots (progress bar, Check button) ran. They were all queued at the emit: deliver them.
+    QApplication.processEvents()
 
 
 def _review(window, qtbot, invitation: Path):
