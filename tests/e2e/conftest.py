@@ -116,3 +116,46 @@ def federation_factory(tmp_path_factory, demo_data):
     yield make
     for run in runs:
         run.close()
+
+
+@pytest.fixture
+def threaded_federation(tmp_path, https_server):
+    """``threaded_federation(init_config, data) -> {number: JoinResult}``: the real Coordinator behind real
+    HTTPS in this process, and each hospital a thread named h000, h001, ... running the real client (so a
+    test can wrap what the hospitals call, and tell them apart by thread name). Hospital k reads
+    ``data/hospital_{k+1:02d}`` and keeps its home in ``tmp_path/home{k}``."""
+    import threading
+
+    from core.federation.app import create_app
+    from core.federation.client import JoinConfig
+    from core.federation.client import run as join
+    from core.federation.coordinator import Coordinator
+
+    def run(config: InitConfig, data: Path, timeout_s: float = 240.0) -> dict:
+        init = init_federation(config)
+        service = Coordinator(config.folder)
+        results: dict = {}
+
+        def hospital(number: int) -> None:
+            results[number] = join(JoinConfig(
+                invitation=sorted(init.invitations)[number], data=data / f"hospital_{number + 1:02d}",
+                home=tmp_path / f"home{number}", max_epsilon=100.0, accept_roster="any", poll_wait_s=1.0,
+                give_up_after_s=60.0))
+
+        service.start()
+        tls = Path(config.folder) / "tls"
+        try:
+            with https_server(create_app(service), tls / "server.pem", tls / "server.key", port=config.port):
+                threads = [threading.Thread(target=hospital, args=(k,), name=f"h{k:03d}")
+                           for k in range(config.hospitals)]
+                for thread in threads:
+                    thread.start()
+                deadline = time.monotonic() + timeout_s
+                for thread in threads:
+                    thread.join(timeout=max(0.0, deadline - time.monotonic()))
+                assert not any(t.is_alive() for t in threads), "a hospital did not finish"
+        finally:
+            service.stop()
+        return results
+
+    return run

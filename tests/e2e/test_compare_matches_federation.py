@@ -8,7 +8,6 @@ else, the secure aggregation included, runs as it does for hospitals.
 
 import hashlib
 import threading
-import time
 from collections import defaultdict
 
 import pytest
@@ -19,10 +18,7 @@ from core.compare.modes import CompareData, ModeSettings, train_mode
 from core.compare.splits import split_folders
 from core.data.preprocess import Preprocessing
 from core.federation import local_work
-from core.federation.client import JoinConfig
-from core.federation.client import run as join
-from core.federation.coordinator import Coordinator
-from core.federation.layout import InitConfig, init_federation
+from core.federation.layout import InitConfig
 from core.federation.simulate import free_port
 from core.models.package import read_package
 from core.privacy.noise import DPRandom
@@ -37,9 +33,7 @@ def key(hospital: str, round: int) -> bytes:
     return hashlib.sha256(f"compare-vs-federation|{hospital}|{round}".encode()).digest()
 
 
-def federation_model(tmp_path, data, https_server, monkeypatch) -> dict[str, torch.Tensor]:
-    from core.federation.app import create_app
-
+def federation_model(tmp_path, data, threaded_federation, monkeypatch) -> dict[str, torch.Tensor]:
     real_step = local_work.fscdp_step
     rounds_seen = defaultdict(int)
 
@@ -51,32 +45,10 @@ def federation_model(tmp_path, data, https_server, monkeypatch) -> dict[str, tor
         return real_step(*args, rng=DPRandom(key(hospital, rounds_seen[hospital])), **kwargs)
 
     monkeypatch.setattr(local_work, "fscdp_step", keyed_step)
-    port = free_port()
-    init = init_federation(InitConfig(folder=tmp_path / "fed", name="same", mode="fscdp", rounds=ROUNDS,
-                                      hospitals=2, hosts=["127.0.0.1"], port=port, image_size=32,
-                                      key_phase_timeout_s=10.0, compute_phase_timeout_s=60.0, seed=0, **PLAN))
-    service = Coordinator(tmp_path / "fed")
-    results = {}
-
-    def hospital(number: int) -> None:
-        config = JoinConfig(invitation=sorted(init.invitations)[number], data=data / f"hospital_{number + 1:02d}",
-                            home=tmp_path / f"home{number}", max_epsilon=100.0, accept_roster="any",
-                            poll_wait_s=1.0, give_up_after_s=60.0)
-        results[number] = join(config)
-
-    service.start()
-    tls = tmp_path / "fed" / "tls"
-    try:
-        with https_server(create_app(service), tls / "server.pem", tls / "server.key", port=port):
-            threads = [threading.Thread(target=hospital, args=(k,), name=f"h{k:03d}") for k in range(2)]
-            for thread in threads:
-                thread.start()
-            deadline = time.monotonic() + 240
-            for thread in threads:
-                thread.join(timeout=max(0.0, deadline - time.monotonic()))
-            assert not any(t.is_alive() for t in threads), "a hospital did not finish"
-    finally:
-        service.stop()
+    results = threaded_federation(InitConfig(
+        folder=tmp_path / "fed", name="same", mode="fscdp", rounds=ROUNDS, hospitals=2, hosts=["127.0.0.1"],
+        port=free_port(), image_size=32, key_phase_timeout_s=10.0, compute_phase_timeout_s=60.0, seed=0, **PLAN),
+        data)
     assert dict(rounds_seen) == {"h000": ROUNDS, "h001": ROUNDS}  # one keyed step per hospital and round
     package = read_package(results[0].model_path, require_signature=False)
     return package.state_dict
@@ -106,9 +78,9 @@ def data(tmp_path_factory):
     return root
 
 
-def test_compare_fscdp_is_the_federations_model(tmp_path, data, https_server, monkeypatch):
+def test_compare_fscdp_is_the_federations_model(tmp_path, data, threaded_federation, monkeypatch):
     compared = compare_model(data)
-    federated = federation_model(tmp_path, data, https_server, monkeypatch)
+    federated = federation_model(tmp_path, data, threaded_federation, monkeypatch)
     assert compared.keys() == federated.keys()
     initial = {}
     torch.manual_seed(0)

@@ -13,10 +13,7 @@ import time
 from collections import defaultdict
 
 from core.federation import local_work
-from core.federation.client import JoinConfig
-from core.federation.client import run as join
-from core.federation.coordinator import Coordinator
-from core.federation.layout import InitConfig, init_federation
+from core.federation.layout import InitConfig
 from core.federation.protocol import Step
 from core.federation.session import CoordinatorSession
 from core.federation.simulate import free_port
@@ -27,9 +24,9 @@ ROUNDS = 3
 HOLD_S = 20.0  # far longer than a round here: a SHARE still held after it means the step had not begun
 
 
-def test_dp_step_overlaps_the_key_exchange_and_is_charged_before_sending(tmp_path, https_server, monkeypatch):
+def test_dp_step_overlaps_the_key_exchange_and_is_charged_before_sending(tmp_path, threaded_federation,
+                                                                         monkeypatch):
     from core.data.synthetic import write_demo_data
-    from core.federation.app import create_app
     from core.federation.hospital_budget import HospitalBudget
 
     data = tmp_path / "data"
@@ -79,32 +76,10 @@ def test_dp_step_overlaps_the_key_exchange_and_is_charged_before_sending(tmp_pat
     monkeypatch.setattr(CoordinatorSession, "send_step", send_step)
     monkeypatch.setattr(HospitalBudget, "charge", charge)
 
-    port = free_port()
-    init = init_federation(InitConfig(folder=tmp_path / "fed", name="overlap", mode="fscdp", rounds=ROUNDS,
-                                      hospitals=2, hosts=["127.0.0.1"], port=port, image_size=32, sample_rate=0.5,
-                                      noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-3, lr=0.3,
-                                      key_phase_timeout_s=60.0, compute_phase_timeout_s=60.0, seed=0))
-    service = Coordinator(tmp_path / "fed")
-    results = {}
-
-    def hospital(number: int) -> None:
-        config = JoinConfig(invitation=sorted(init.invitations)[number], data=data / f"hospital_{number + 1:02d}",
-                            home=tmp_path / f"home{number}", max_epsilon=100.0, accept_roster="any",
-                            poll_wait_s=1.0, give_up_after_s=60.0)
-        results[number] = join(config)
-
-    service.start()
-    tls = tmp_path / "fed" / "tls"
-    try:
-        with https_server(create_app(service), tls / "server.pem", tls / "server.key", port=port):
-            threads = [threading.Thread(target=hospital, args=(k,), name=f"h{k:03d}") for k in range(2)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(timeout=240)
-            assert not any(t.is_alive() for t in threads), "a hospital did not finish"
-    finally:
-        service.stop()
+    results = threaded_federation(InitConfig(
+        folder=tmp_path / "fed", name="overlap", mode="fscdp", rounds=ROUNDS, hospitals=2, hosts=["127.0.0.1"],
+        port=free_port(), image_size=32, sample_rate=0.5, noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-3,
+        lr=0.3, key_phase_timeout_s=60.0, compute_phase_timeout_s=60.0, seed=0), data)
 
     assert not held, f"SHARE sent before the round's DP step began (no overlap): {held}"
     assert all(r.reason == "completed" for r in results.values()), results
