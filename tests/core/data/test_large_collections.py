@@ -165,33 +165,23 @@ def test_the_store_trains_exactly_as_the_tensor(samples, tmp_path):
 
 
 @pytest.fixture
-def messy(tmp_path, write_image, write_dicom):
-    """Every kind of file validation judges: good, duplicate, truncated, not an image, too small, multi-frame."""
-    import shutil
-
-    root = tmp_path / "hospital"
-    write_image(root / "0" / "good0.png", size=(80, 80), seed=1)
-    write_image(root / "0" / "good1.jpg", size=(80, 80), seed=2, fmt="JPEG")
-    write_image(root / "2" / "small.png", size=(30, 50), seed=3)
-    shutil.copy(root / "0" / "good0.png", root / "2" / "copy_of_good0.png")
-    write_dicom(root / "2" / "scan.dcm", np.full((96, 96), 120, np.uint8))
-    write_dicom(root / "2" / "frames.dcm", np.stack([np.full((64, 64), v, np.uint8) for v in (60, 120, 180)]),
+def messy_many(messy, write_image, write_dicom):
+    """The data tests' collection with every problem (conftest's ``messy``), plus a multi-frame file and more
+    good images, so that the pool's chunks hold several kinds."""
+    write_dicom(messy / "2" / "frames.dcm", np.stack([np.full((64, 64), v, np.uint8) for v in (60, 120, 180)]),
                 frames=3)
-    full = write_image(root / "1" / "cut.png", size=(80, 80), seed=4).read_bytes()
-    (root / "1" / "cut.png").write_bytes(full[: len(full) // 2])
-    (root / "1" / "fake.jpg").write_text("this is not a jpeg")
     for i in range(6):
-        write_image(root / "1" / f"more{i}.png", size=(70 + i, 64), seed=10 + i)
-    return root
+        write_image(messy / "1" / f"more{i}.png", size=(70 + i, 64), seed=10 + i)
+    return messy
 
 
 @pytest.mark.parametrize("fundus", [False, True])
-def test_validation_in_the_pool_reports_what_one_process_reports(messy, fundus):
+def test_validation_in_the_pool_reports_what_one_process_reports(messy_many, fundus):
     from core.data.validation import validate
 
     spec = Preprocessing(size=64, fundus_crop=True) if fundus else None
-    one = validate(messy, min_size=64, preprocessing=spec, workers=1)
-    pooled = validate(messy, min_size=64, preprocessing=spec, workers=2)
+    one = validate(messy_many, min_size=64, preprocessing=spec, workers=1)
+    pooled = validate(messy_many, min_size=64, preprocessing=spec, workers=2)
     assert pooled.to_dict() == one.to_dict()
     assert pooled.usable_samples == one.usable_samples and pooled.image_sizes == one.image_sizes
     kinds = {p.kind for p in one.problems}
@@ -199,7 +189,7 @@ def test_validation_in_the_pool_reports_what_one_process_reports(messy, fundus):
     assert sum(s.path.name == "frames.dcm" for s in one.usable_samples) == 3
 
 
-def test_cancel_stops_validation_in_the_pool(messy):
+def test_cancel_stops_validation_in_the_pool(messy_many):
     from core.data.validation import validate
 
     cancel = CancelToken()
@@ -209,7 +199,7 @@ def test_cancel_stops_validation_in_the_pool(messy):
             cancel.cancel()
 
     with pytest.raises(Cancelled):
-        validate(messy, min_size=64, workers=2, progress=progress, cancel=cancel)
+        validate(messy_many, min_size=64, workers=2, progress=progress, cancel=cancel)
 
 
 def test_local_training_from_stacks_matches_training_in_memory(tmp_path, monkeypatch):

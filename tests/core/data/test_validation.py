@@ -1,7 +1,5 @@
 import json
-import shutil
 
-import numpy as np
 import pytest
 
 from core.data import validate
@@ -14,23 +12,6 @@ def by_kind(report):
     for problem in report.problems:
         found.setdefault(problem.kind, []).append(problem.path.rsplit("/", 1)[-1])
     return {k: sorted(v) for k, v in found.items()}
-
-
-@pytest.fixture
-def messy(tmp_path, write_image, write_dicom):
-    """A class-folder collection with one of every problem."""
-    root = tmp_path / "hospital"
-    write_image(root / "0" / "good0.png", size=(80, 80), seed=1)
-    write_image(root / "0" / "good1.jpg", size=(80, 80), seed=2, fmt="JPEG")
-    write_image(root / "2" / "small.png", size=(30, 50), seed=3)
-    shutil.copy(root / "0" / "good0.png", root / "2" / "copy_of_good0.png")  # same bytes, other label
-    write_dicom(root / "2" / "scan.dcm", np.full((96, 96), 120, np.uint8))
-    full = write_image(root / "1" / "cut.png", size=(80, 80), seed=4).read_bytes()
-    (root / "1" / "cut.png").write_bytes(full[: len(full) // 2])
-    (root / "1" / "fake.jpg").write_text("this is not a jpeg")
-    (root / "1" / "notes.txt").write_text("hello")
-    write_image(root / "stray.png", size=(80, 80), seed=5)
-    return root
 
 
 def test_report_lists_every_problem_with_a_reason(messy):
